@@ -1,0 +1,130 @@
+VENV ?= .venv
+PY = $(VENV)/bin/python
+PYTEST_ARGS ?=
+BENCH_ARGS ?=
+
+PROTOS = $(sort $(wildcard protos/shoal/v1/*.proto))
+GEN_DIR = services/shoal/v1
+LINT_PATHS = $(wildcard services tests bench tools)
+TYPECHECK_PATHS = $(wildcard services/shoal tests bench)
+# The one protoc command; $(1) is the output root (the package lands in $(1)/shoal/v1).
+PROTOC = $(PY) -m grpc_tools.protoc -Iprotos --python_out=$(1) --grpc_python_out=$(1) \
+	--mypy_out=quiet:$(1) --plugin=protoc-gen-mypy=$(VENV)/bin/protoc-gen-mypy $(PROTOS)
+
+SHELL := /bin/bash
+.SHELLFLAGS := -eu -o pipefail -c
+
+all: help
+
+# Show the targets.
+.PHONY: help
+help:
+	@awk '/^# / { doc = substr($$0, 3); next } /^\.PHONY:/ { next } \
+		/^[a-z][a-z0-9-]*:/ { if (doc != "") printf "  %-18s %s\n", substr($$1, 1, length($$1) - 1), doc } \
+		{ doc = "" }' $(MAKEFILE_LIST)
+
+# Create the virtualenv and install shoal with its dev extras.
+.PHONY: venv
+venv: $(VENV)/.stamp
+
+$(VENV)/.stamp: pyproject.toml
+	test -x $(PY) || python3 -m venv $(VENV)
+	$(PY) -m pip install -q --disable-pip-version-check --upgrade pip
+	$(PY) -m pip install -q --disable-pip-version-check -e '.[dev]'
+	touch $@
+
+# Install the Debian packages the tests and benches need (only those missing).
+.PHONY: system-deps
+system-deps:
+	bash tools/system-deps.sh
+
+# Regenerate the gRPC package services/shoal/v1 from protos/.
+.PHONY: proto
+proto: venv
+	rm -f $(GEN_DIR)/*_pb2.py $(GEN_DIR)/*_pb2.pyi $(GEN_DIR)/*_pb2_grpc.py
+	$(call PROTOC,services)
+	touch $(GEN_DIR)/__init__.py
+
+# Check that services/shoal/v1 matches what the protos generate.
+.PHONY: proto-check
+proto-check: venv
+	@tmp=$$(mktemp -d); trap 'rm -rf "$$tmp"' EXIT; \
+	$(call PROTOC,$$tmp); \
+	if ! diff -r -q -x __init__.py -x __pycache__ "$$tmp/shoal/v1" $(GEN_DIR); then \
+		echo "proto-check: $(GEN_DIR) is out of date with protos/shoal/v1/*.proto: run 'make proto'" >&2; \
+		exit 1; \
+	fi; \
+	test -f $(GEN_DIR)/__init__.py || { echo "proto-check: $(GEN_DIR)/__init__.py missing: run 'make proto'" >&2; exit 1; }; \
+	echo "proto-check: $(GEN_DIR) is up to date"
+
+# Lint and check formatting with ruff.
+.PHONY: lint
+lint: venv
+	$(PY) -m ruff check $(LINT_PATHS)
+	$(PY) -m ruff format --check $(LINT_PATHS)
+
+# Check formatting with ruff.
+.PHONY: format-check
+format-check: venv
+	$(PY) -m ruff format --check $(LINT_PATHS)
+
+# Format the code and apply safe lint fixes.
+.PHONY: format
+format: venv
+	$(PY) -m ruff check --fix-only $(LINT_PATHS)
+	$(PY) -m ruff format $(LINT_PATHS)
+
+# Type-check services, tests and benches with mypy (settings in pyproject.toml).
+.PHONY: typecheck
+typecheck: venv
+	$(PY) -m mypy --explicit-package-bases $(TYPECHECK_PATHS)
+
+# Run every check and the whole test suite, every marker included (what CI runs).
+.PHONY: test
+test: venv system-deps proto-check lint typecheck
+	$(PY) -m pytest -q $(PYTEST_ARGS)
+
+# Run the unit tests.
+.PHONY: test-unit
+test-unit: venv
+	$(PY) -m pytest -q tests/unit $(PYTEST_ARGS)
+
+# Run the integration tests.
+.PHONY: test-integration
+test-integration: venv system-deps
+	$(PY) -m pytest -q tests/integration $(PYTEST_ARGS)
+
+# Run the fault-injection suite (needs root).
+.PHONY: test-faults
+test-faults: venv system-deps
+	$(PY) -m pytest -q -m faults $(PYTEST_ARGS)
+
+# Run the metrics suite against a real Prometheus.
+.PHONY: test-metrics
+test-metrics: venv system-deps
+	$(PY) -m pytest -q -m metrics $(PYTEST_ARGS)
+
+# Check formatting, lint and run the tests.
+.PHONY: precheck
+precheck: format-check lint test
+
+# Run the local demo.
+.PHONY: demo
+demo: venv
+	$(VENV)/bin/shoal demo
+
+# Benchmark one peer pair against nginx + curl (BENCH_ARGS="--size 256MiB --runs 3").
+.PHONY: bench-pair
+bench-pair: venv system-deps
+	$(PY) bench/pair.py $(BENCH_ARGS)
+
+# Fetch helm and kubectl into .cache/k8s-tools/bin.
+.PHONY: k8s-tools
+k8s-tools:
+	bash tools/fetch-k8s-tools.sh
+
+# Remove caches and build outputs (keeps the virtualenv; rm -rf .venv by hand for a new one).
+.PHONY: clean
+clean:
+	rm -rf .cache .mypy_cache .ruff_cache .pytest_cache build dist services/*.egg-info
+	find . -path ./$(VENV) -prune -o -name __pycache__ -type d -prune -exec rm -rf {} +

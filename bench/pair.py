@@ -1,0 +1,401 @@
+"""Single-pair benchmark: one file from peer A to peer B through shoal, against nginx + curl on loopback.
+
+Targets: shoal reaches at least half of curl's throughput, and each peer stays under 150 MB RSS.
+The figures are the point, so a missed target still exits 0; only a broken run (a process that
+died, a timeout, a hash mismatch) exits non-zero.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import os
+import re
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import FrameType
+
+PIECE = 4 * 1024 * 1024
+MB = 1_000_000
+RSS_LIMIT_MB = 150.0
+THROUGHPUT_RATIO = 0.5
+BIN_DIR = Path(sys.executable).parent
+UNITS = {"": 1, "k": 10**3, "m": 10**6, "g": 10**9, "ki": 2**10, "mi": 2**20, "gi": 2**30}
+
+
+class BenchError(RuntimeError):
+    """Something broke: the run has no valid figures."""
+
+
+@dataclass
+class Result:
+    """One timed transfer."""
+
+    tool: str
+    run: int
+    seconds: float
+    size: int
+    rss_mb: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def mbps(self) -> float:
+        return self.size / MB / self.seconds
+
+
+def parse_size(text: str) -> int:
+    """Parse '1GiB', '256MiB', '500MB', '1e9' or a plain byte count."""
+    match = re.fullmatch(r"\s*([0-9.eE+]+)\s*([kKmMgG]i?)?[bB]?\s*", text)
+    if not match:
+        raise argparse.ArgumentTypeError(f"bad size: {text!r}")
+    size = int(float(match.group(1)) * UNITS[(match.group(2) or "").lower()])
+    if size <= 0:
+        raise argparse.ArgumentTypeError(f"size must be positive: {text!r}")
+    return size
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def write_random_file(path: Path, size: int) -> str:
+    """Stream `size` random bytes to disk in 4 MiB pieces; return their sha256."""
+    digest = hashlib.sha256()
+    with path.open("wb") as out:
+        left = size
+        while left:
+            piece = os.urandom(min(PIECE, left))
+            digest.update(piece)
+            out.write(piece)
+            left -= len(piece)
+    return digest.hexdigest()
+
+
+def sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as src:
+        while piece := src.read(PIECE):
+            digest.update(piece)
+    return digest.hexdigest()
+
+
+def read_status_kb(pid: int, key: str) -> int:
+    """A `kB` field of /proc/PID/status (VmRSS, VmHWM), 0 once the process is gone."""
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith(key + ":"):
+                return int(line.split()[1])
+    except (FileNotFoundError, ProcessLookupError):
+        pass
+    return 0
+
+
+class RssSampler(threading.Thread):
+    """Poll VmRSS of some processes every 50 ms and keep each one's peak."""
+
+    def __init__(self, pids: dict[str, int]) -> None:
+        super().__init__(daemon=True)
+        self.pids = pids
+        self.peak_kb = dict.fromkeys(pids, 0)
+        self.done = threading.Event()
+
+    def run(self) -> None:
+        while True:
+            for name, pid in self.pids.items():
+                self.peak_kb[name] = max(self.peak_kb[name], read_status_kb(pid, "VmRSS"))
+            if self.done.wait(0.05):
+                return
+
+    def stop(self) -> dict[str, float]:
+        self.done.set()
+        self.join()
+        return {name: kb * 1024 / MB for name, kb in self.peak_kb.items()}
+
+
+class Procs:
+    """Daemons started by the bench, each logging to a file; all stopped in `stop_all`."""
+
+    def __init__(self, log_dir: Path) -> None:
+        self.log_dir = log_dir
+        self.running: dict[str, subprocess.Popen[bytes]] = {}
+
+    def start(self, name: str, argv: list[str]) -> subprocess.Popen[bytes]:
+        with (self.log_dir / f"{name}.log").open("ab") as log:
+            proc = subprocess.Popen(
+                argv, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+            )
+        self.running[name] = proc
+        return proc
+
+    def check(self, name: str) -> None:
+        code = self.running[name].poll()
+        if code is not None:
+            raise BenchError(f"{name} exited with code {code}\n{self.tail(name)}")
+
+    def tail(self, name: str, lines: int = 20) -> str:
+        path = self.log_dir / f"{name}.log"
+        text = path.read_text(errors="replace") if path.exists() else ""
+        return "\n".join(f"  {name}| {line}" for line in text.splitlines()[-lines:])
+
+    def stop(self, name: str) -> None:
+        proc = self.running.pop(name)
+        if proc.poll() is None:
+            proc.terminate()
+            try:
+                proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+
+    def stop_all(self) -> None:
+        for name in list(self.running):
+            self.stop(name)
+
+
+def run_cmd(argv: list[str], timeout: float, log: Path) -> str:
+    """Run a client command, append its stderr to `log`, return stdout; raise on failure."""
+    try:
+        done = subprocess.run(argv, stdin=subprocess.DEVNULL, capture_output=True, timeout=timeout, check=False)
+    except subprocess.TimeoutExpired as exc:
+        raise BenchError(f"timed out after {timeout:.0f} s: {' '.join(argv)}") from exc
+    with log.open("ab") as out:
+        out.write(done.stderr)
+    if done.returncode != 0:
+        stderr = done.stderr.decode(errors="replace")[-2000:]
+        raise BenchError(f"exit {done.returncode}: {' '.join(argv)}\n{stderr}")
+    return done.stdout.decode(errors="replace")
+
+
+def wait_for(what: str, ready: Callable[[], bool], alive: Callable[[], None], timeout: float = 30.0) -> None:
+    """Poll `ready` until it holds, failing early if `alive` raises."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        alive()
+        if ready():
+            return
+        time.sleep(0.1)
+    raise BenchError(f"{what} not ready after {timeout:.0f} s")
+
+
+def port_open(port: int) -> bool:
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=0.5):
+            return True
+    except OSError:
+        return False
+
+
+class ShoalPair:
+    """A tracker, a seeding peer A, and a fresh peer B per run."""
+
+    def __init__(self, work: Path, procs: Procs, shoal: str, timeout: float) -> None:
+        self.work, self.procs, self.shoal, self.timeout = work, procs, shoal, timeout
+        self.log = work / "logs" / "clients.log"
+        self.tracker = ""
+
+    def control(self, data_dir: Path) -> str:
+        return f"unix:{data_dir / 'control.sock'}"
+
+    def start_tracker(self) -> None:
+        port = free_port()
+        self.tracker = f"127.0.0.1:{port}"
+        self.procs.start("tracker", [self.shoal, "tracker", "--listen", self.tracker])
+        wait_for("tracker", lambda: port_open(port), lambda: self.procs.check("tracker"))
+
+    def start_peer(self, name: str, data_dir: Path) -> int:
+        data_dir.mkdir(parents=True)
+        listen = f"127.0.0.1:{free_port()}"
+        flags = ["--listen", listen, "--tracker", self.tracker, "--data-dir", str(data_dir)]
+        proc = self.procs.start(name, [self.shoal, "peer", *flags])
+        status = [self.shoal, "--peer", self.control(data_dir), "status", "--json"]
+
+        def ready() -> bool:
+            if not (data_dir / "control.sock").exists():
+                return False
+            try:
+                return subprocess.run(status, capture_output=True, timeout=10, check=False).returncode == 0
+            except subprocess.TimeoutExpired:
+                return False
+
+        wait_for(name, ready, lambda: self.procs.check(name))
+        return proc.pid
+
+    def put(self, data_dir: Path, path: Path) -> str:
+        out = run_cmd([self.shoal, "--peer", self.control(data_dir), "put", str(path)], self.timeout, self.log)
+        lines = [line.strip() for line in out.splitlines() if line.strip()]
+        if not lines:
+            raise BenchError("`shoal put` printed no file id")
+        return lines[-1]
+
+    def get(self, data_dir: Path, file_id: str, output: Path) -> float:
+        argv = [self.shoal, "--peer", self.control(data_dir), "get", file_id, "--output", str(output)]
+        start = time.perf_counter()
+        run_cmd(argv, self.timeout, self.log)
+        return time.perf_counter() - start
+
+
+NGINX_CONF = """\
+daemon off;
+master_process off;
+worker_processes 1;
+error_log {prefix}/error.log warn;
+pid {prefix}/nginx.pid;
+events {{ worker_connections 64; }}
+http {{
+    access_log off;
+    client_body_temp_path {prefix}/body;
+    proxy_temp_path {prefix}/proxy;
+    fastcgi_temp_path {prefix}/fastcgi;
+    uwsgi_temp_path {prefix}/uwsgi;
+    scgi_temp_path {prefix}/scgi;
+    default_type application/octet-stream;
+    sendfile on;
+    tcp_nopush on;
+    server {{
+        listen 127.0.0.1:{port};
+        root {root};
+    }}
+}}
+"""
+
+
+def start_nginx(work: Path, procs: Procs, nginx: str) -> int:
+    prefix = work / "nginx"
+    prefix.mkdir()
+    port = free_port()
+    conf = prefix / "nginx.conf"
+    conf.write_text(NGINX_CONF.format(prefix=prefix, port=port, root=work))
+    procs.start("nginx", [nginx, "-e", str(prefix / "error.log"), "-p", str(prefix), "-c", str(conf)])
+    wait_for("nginx", lambda: port_open(port), lambda: procs.check("nginx"))
+    return port
+
+
+def bench(args: argparse.Namespace, work: Path, procs: Procs) -> list[Result]:
+    results: list[Result] = []
+    source = work / "file"
+    print(f"writing {args.size / MB:.0f} MB of random data to {source} ...", flush=True)
+    want = write_random_file(source, args.size)
+
+    pair = ShoalPair(work, procs, args.shoal, args.timeout)
+    pair.start_tracker()
+    dir_a = work / "peer-a"
+    pid_a = pair.start_peer("peer-a", dir_a)
+    start = time.perf_counter()
+    file_id = pair.put(dir_a, source)
+    print(f"shoal put: {file_id} in {time.perf_counter() - start:.2f} s", flush=True)
+    for run in range(1, args.runs + 1):
+        dir_b = work / f"peer-b{run}"
+        pid_b = pair.start_peer(f"peer-b{run}", dir_b)
+        output = work / f"out-shoal-{run}"
+        sampler = RssSampler({"A": pid_a, "B": pid_b})
+        sampler.start()
+        try:
+            seconds = pair.get(dir_b, file_id, output)
+        finally:
+            peaks = sampler.stop()
+        hwm = {
+            "A": read_status_kb(pid_a, "VmHWM") * 1024 / MB,
+            "B": read_status_kb(pid_b, "VmHWM") * 1024 / MB,
+        }
+        if sha256_file(output) != want:
+            raise BenchError(f"shoal run {run}: sha256 of {output} differs from the source")
+        results.append(Result("shoal", run, seconds, args.size, {k: max(peaks[k], hwm[k]) for k in peaks}))
+        print(f"shoal get run {run}: {seconds:.2f} s, sha256 ok", flush=True)
+        procs.stop(f"peer-b{run}")
+        output.unlink()
+        shutil.rmtree(dir_b, ignore_errors=True)
+    procs.stop_all()
+
+    port = start_nginx(work, procs, args.nginx)
+    for run in range(1, args.runs + 1):
+        output = work / f"out-curl-{run}"
+        argv = [args.curl, "-sS", "--fail", "-o", str(output), f"http://127.0.0.1:{port}/file"]
+        start = time.perf_counter()
+        run_cmd(argv, args.timeout, work / "logs" / "clients.log")
+        seconds = time.perf_counter() - start
+        if sha256_file(output) != want:
+            raise BenchError(f"curl run {run}: sha256 of {output} differs from the source")
+        results.append(Result("curl", run, seconds, args.size))
+        print(f"curl run {run}: {seconds:.2f} s, sha256 ok", flush=True)
+        output.unlink()
+    procs.stop_all()
+    return results
+
+
+def report(results: list[Result]) -> None:
+    print()
+    print(f"{'tool':<6} {'run':>3} {'seconds':>9} {'MB/s':>9} {'peer A MB':>10} {'peer B MB':>10}")
+    for r in results:
+        rss = [f"{r.rss_mb[k]:>10.1f}" if k in r.rss_mb else f"{'-':>10}" for k in ("A", "B")]
+        print(f"{r.tool:<6} {r.run:>3} {r.seconds:>9.2f} {r.mbps:>9.1f} {rss[0]} {rss[1]}")
+    shoal = statistics.median(r.mbps for r in results if r.tool == "shoal")
+    curl = statistics.median(r.mbps for r in results if r.tool == "curl")
+    ratio = shoal / curl
+    print(f"\nshoal/curl throughput ratio: {ratio:.2f} (medians: shoal {shoal:.1f} MB/s, curl {curl:.1f} MB/s)")
+    ok = "PASS" if ratio >= THROUGHPUT_RATIO else "FAIL"
+    print(f"{ok} throughput: shoal/curl {ratio:.2f} (target >= {THROUGHPUT_RATIO})")
+    for peer in ("A", "B"):
+        peak = max(r.rss_mb[peer] for r in results if r.tool == "shoal")
+        ok = "PASS" if peak < RSS_LIMIT_MB else "FAIL"
+        print(f"{ok} rss: peer {peer} peak {peak:.1f} MB (target < {RSS_LIMIT_MB:.0f} MB)")
+    print("(peak RSS = max of VmRSS sampled every 50 ms during the get and the process's VmHWM)")
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--size", type=parse_size, default=2**30, help="file size, e.g. 1GiB, 256MiB (default 1GiB)")
+    parser.add_argument("--runs", type=int, default=1, help="timed transfers per tool (default 1)")
+    parser.add_argument("--workdir", type=Path, default=None, help="parent of the temp dir (default: /tmp)")
+    parser.add_argument("--timeout", type=float, default=900.0, help="seconds allowed per command (default 900)")
+    parser.add_argument("--shoal", default=str(BIN_DIR / "shoal"), help="shoal executable (default: the venv's)")
+    parser.add_argument("--nginx", default="/usr/sbin/nginx", help="nginx executable (Debian's nginx-light)")
+    parser.add_argument("--curl", default=shutil.which("curl") or "/usr/bin/curl", help="curl executable")
+    args = parser.parse_args(argv)
+    if args.runs < 1:
+        parser.error("--runs must be at least 1")
+    return args
+
+
+def on_sigterm(signum: int, frame: FrameType | None) -> None:
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    for tool in (args.shoal, args.nginx, args.curl):
+        if not os.access(tool, os.X_OK):
+            print(f"error: {tool} is not executable (make venv system-deps)", file=sys.stderr)
+            return 2
+    signal.signal(signal.SIGTERM, on_sigterm)
+    work = Path(tempfile.mkdtemp(prefix="shoal-pair-", dir=args.workdir)).resolve()
+    (work / "logs").mkdir()
+    procs = Procs(work / "logs")
+    try:
+        report(bench(args, work, procs))
+        return 0
+    except (BenchError, OSError, subprocess.SubprocessError) as exc:
+        print(f"\nBROKEN: {exc}", file=sys.stderr)
+        for name in sorted(p.stem for p in (work / "logs").glob("*.log")):
+            print(procs.tail(name), file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("\ninterrupted", file=sys.stderr)
+        return 130
+    finally:
+        procs.stop_all()
+        shutil.rmtree(work, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,134 @@
+"""`shoal demo`: two trackers and several peers as real processes; one publishes, all others fetch."""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import logging
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from shoal.localswarm import LocalSwarm
+
+logger = logging.getLogger(__name__)
+
+_BLOCK = 4 * 1024 * 1024
+
+
+def make_file(path: Path, size: int) -> str:
+    """Write `size` random bytes in blocks (never all in memory); return their sha256."""
+    digest = hashlib.sha256()
+    with open(path, "wb") as out:
+        left = size
+        while left > 0:
+            block = os.urandom(min(_BLOCK, left))
+            digest.update(block)
+            out.write(block)
+            left -= len(block)
+    return digest.hexdigest()
+
+
+def sha256_of(path: Path) -> str:
+    """Hash a file in blocks."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as data:
+        while block := data.read(_BLOCK):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def run_demo(args: argparse.Namespace) -> int:
+    """Run the demo; 0 when every copy verified and every process exited cleanly."""
+    if args.peers < 1 or args.size < 0:
+        print("shoal: --peers must be at least 1 and --size not negative", file=sys.stderr)
+        return 2
+    workdir = Path(args.workdir) if args.workdir else Path(tempfile.mkdtemp(prefix="shoal-demo-"))
+    swarm = LocalSwarm(workdir)
+    ok = True
+    try:
+        print(f"work dir {workdir}")
+        for _ in range(2):
+            tracker = swarm.start_tracker(metrics=args.metrics)
+            print(f"tracker  {tracker.address}" + (f"  metrics :{tracker.metrics_port}" if args.metrics else ""))
+        for _ in range(args.peers + 1):
+            swarm.start_peer(metrics=args.metrics, wait=False)
+        from shoal.localswarm import wait_serving
+
+        for peer in swarm.peers:
+            wait_serving(peer.address)
+            print(f"{peer.name:<8} {peer.address}" + (f"  metrics :{peer.metrics_port}" if args.metrics else ""))
+        source = workdir / "demo.bin"
+        expected = make_file(source, args.size)
+        seeder, leechers = swarm.peers[0], swarm.peers[1:]
+        put = swarm.cli(seeder, "put", str(source))
+        file_id = put.stdout.strip().splitlines()[-1]
+        print(f"published {args.size} bytes on {seeder.name} as {file_id}")
+        time.sleep(swarm.announce_interval * 1.5)  # let the trackers hear of it
+        started = time.monotonic()
+        gets = {
+            peer.name: subprocess.Popen(
+                [
+                    sys.executable,
+                    "-m",
+                    "shoal.cli",
+                    "--peer",
+                    peer.control,
+                    "--json",
+                    "get",
+                    file_id,
+                    "--output",
+                    str(workdir / f"{peer.name}.out"),
+                ],
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                text=True,
+            )
+            for peer in leechers
+        }
+        print(f"\n{'peer':<8} {'seconds':>8} {'MB/s':>8} {'peers':>6} {'from leechers':>14}  verified")
+        for name, proc in gets.items():
+            out, err = proc.communicate(timeout=600)
+            if proc.returncode != 0:
+                ok = False
+                print(f"{name:<8} FAILED: {err.strip()}")
+                continue
+            result = json.loads(out)
+            seconds = float(result["seconds"])
+            sources = result["sources"]
+            received = sources["from_complete_bytes"] + sources["from_partial_bytes"]
+            share = 100.0 * sources["from_partial_bytes"] / received if received else 0.0
+            verified = sha256_of(Path(result["output"])) == expected
+            ok = ok and verified
+            rate = args.size / seconds / 1e6 if seconds > 0 else 0.0
+            print(
+                f"{name:<8} {seconds:>8.2f} {rate:>8.1f} {sources['peers']:>6} {share:>13.0f}%  "
+                f"{'yes' if verified else 'NO'}"
+            )
+        wall = time.monotonic() - started
+        print(
+            f"\nall {len(leechers)} downloads done in {wall:.2f}s; {'every copy verified' if ok else 'FAILURES above'}"
+        )
+        if args.metrics:
+            print("\nswarm left running for Prometheus/Grafana; Ctrl-C to stop")
+            try:
+                while True:
+                    time.sleep(3600)
+            except KeyboardInterrupt:
+                pass
+    finally:
+        codes = swarm.stop()
+        unclean = {name: code for name, code in codes.items() if code != 0}
+        if unclean:
+            ok = False
+            print(f"processes that did not exit cleanly: {unclean}")
+        else:
+            print(f"stopped {len(codes)} processes cleanly")
+        if not args.workdir:
+            shutil.rmtree(workdir, ignore_errors=True)
+    return 0 if ok else 1

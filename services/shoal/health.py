@@ -1,0 +1,32 @@
+"""The standard grpc.health.v1 service: SERVING once ready, NOT_SERVING while draining."""
+
+from __future__ import annotations
+
+import logging
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+
+logger = logging.getLogger(__name__)
+
+
+class Health:
+    """Owns one process's health servicer and flips every listed service together."""
+
+    def __init__(self, services: list[str]) -> None:
+        self._servicer = health.aio.HealthServicer()  # type: ignore[attr-defined]
+        self._services = ["", *services]
+
+    def attach(self, server: grpc.aio.Server) -> None:
+        """Register the health service on a server."""
+        health_pb2_grpc.add_HealthServicer_to_server(self._servicer, server)
+
+    async def serving(self) -> None:
+        """Report SERVING for the process and each named service."""
+        for name in self._services:
+            await self._servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
+
+    async def draining(self) -> None:
+        """Report NOT_SERVING (we are shutting down)."""
+        for name in self._services:
+            await self._servicer.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)

@@ -1,0 +1,105 @@
+"""Channels, deadlines, retries and keepalive shared by every gRPC client and server in Shoal."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+from collections.abc import Awaitable, Callable
+from typing import TypeVar
+
+import grpc
+
+logger = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+# Chunks are at most 16 MiB (content.MAX_CHUNK_SIZE); leave room for framing.
+MAX_MESSAGE_BYTES = 17 * 1024 * 1024
+
+# Deadlines (seconds) for each kind of call; every RPC in Shoal carries one.
+TRACKER_DEADLINE = 3.0
+MANIFEST_DEADLINE = 5.0
+EXCHANGE_DEADLINE = 3.0
+CHUNK_DEADLINE = 30.0
+
+# Status codes worth retrying for idempotent calls.
+RETRYABLE = frozenset(
+    {
+        grpc.StatusCode.UNAVAILABLE,
+        grpc.StatusCode.DEADLINE_EXCEEDED,
+        grpc.StatusCode.RESOURCE_EXHAUSTED,
+        grpc.StatusCode.ABORTED,
+    }
+)
+
+# Keepalive: a half-open connection is noticed within about ping time + timeout.
+CHANNEL_OPTIONS: list[tuple[str, int | str]] = [
+    ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+    ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+    ("grpc.keepalive_time_ms", 10_000),
+    ("grpc.keepalive_timeout_ms", 5_000),
+    ("grpc.keepalive_permit_without_calls", 1),
+    ("grpc.http2.max_pings_without_data", 0),
+    ("grpc.initial_reconnect_backoff_ms", 200),
+    ("grpc.max_reconnect_backoff_ms", 2_000),
+    ("grpc.enable_retries", 0),
+]
+
+SERVER_OPTIONS: list[tuple[str, int | str]] = [
+    ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+    ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+    ("grpc.keepalive_time_ms", 10_000),
+    ("grpc.keepalive_timeout_ms", 5_000),
+    ("grpc.keepalive_permit_without_calls", 1),
+    ("grpc.http2.min_ping_interval_without_data_ms", 5_000),
+    ("grpc.http2.max_ping_strikes", 0),
+    ("grpc.so_reuseport", 0),
+]
+
+
+def open_channel(address: str) -> grpc.aio.Channel:
+    """Open an insecure channel with Shoal's limits and keepalive."""
+    return grpc.aio.insecure_channel(address, options=CHANNEL_OPTIONS)
+
+
+def backoff_delays(base: float = 0.1, cap: float = 2.0) -> Callable[[int], float]:
+    """Full-jitter exponential backoff (AWS architecture blog): attempt n sleeps U(0, min(cap, base*2^n))."""
+
+    def delay(attempt: int) -> float:
+        return random.uniform(0, min(cap, base * (2**attempt)))
+
+    return delay
+
+
+async def with_retries(
+    call: Callable[[], Awaitable[T]],
+    *,
+    attempts: int = 4,
+    base: float = 0.1,
+    cap: float = 2.0,
+    what: str = "call",
+) -> T:
+    """Run an idempotent call, retrying retryable gRPC errors with jittered exponential backoff."""
+    delay = backoff_delays(base, cap)
+    for attempt in range(attempts):
+        try:
+            return await call()
+        except grpc.aio.AioRpcError as err:
+            if err.code() not in RETRYABLE or attempt == attempts - 1:
+                raise
+            pause = delay(attempt)
+            logger.debug("%s failed with %s; retry %d in %.2fs", what, err.code().name, attempt + 1, pause)
+            await asyncio.sleep(pause)
+    raise AssertionError("unreachable")
+
+
+def split_host_port(address: str) -> tuple[str, int]:
+    """Split 'host:port' (IPv6 as '[::1]:port'); raise ValueError on anything else."""
+    host, sep, port = address.rpartition(":")
+    if not sep or not host or not port.isdigit():
+        raise ValueError(f"not a host:port address: {address!r}")
+    number = int(port)
+    if not 0 <= number <= 65535:
+        raise ValueError(f"port out of range in {address!r}")
+    return host.strip("[]"), number

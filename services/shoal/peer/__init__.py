@@ -1,0 +1,1 @@
+"""The peer: serves chunks, downloads from the swarm, announces to trackers."""

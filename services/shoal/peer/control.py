@@ -1,0 +1,179 @@
+"""The control API servicer: the local CLI's gateway to this peer (reads and writes local files)."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import TYPE_CHECKING, NoReturn
+
+import grpc
+
+from shoal import content
+from shoal.peer.swarm import Download, DownloadError, NoHolders
+from shoal.peer.trackers import TrackersUnavailable
+from shoal.store import StoreError
+from shoal.v1 import common_pb2, control_pb2, control_pb2_grpc
+
+if TYPE_CHECKING:
+    from shoal.peer.daemon import PeerDaemon
+
+logger = logging.getLogger(__name__)
+
+PROGRESS_EVERY = 0.2
+
+
+async def _fail(context: grpc.aio.ServicerContext, err: Exception) -> NoReturn:
+    """Turn a domain error into a gRPC status with a clear message."""
+    if isinstance(err, content.ContentError):
+        code = grpc.StatusCode.INVALID_ARGUMENT
+    elif isinstance(err, NoHolders):
+        code = grpc.StatusCode.NOT_FOUND
+    elif isinstance(err, TrackersUnavailable):
+        code = grpc.StatusCode.UNAVAILABLE
+    elif isinstance(err, StoreError | DownloadError) and "disk full" in str(err):
+        code = grpc.StatusCode.RESOURCE_EXHAUSTED
+    else:
+        code = grpc.StatusCode.FAILED_PRECONDITION
+    await context.abort(code, str(err))
+    raise AssertionError("unreachable")
+
+
+def _absolute(path: str, what: str) -> Path:
+    if not path or "\x00" in path or not Path(path).is_absolute():
+        raise content.ContentError(f"{what} must be an absolute path, got {path[:200]!r}")
+    return Path(path)
+
+
+class ControlServicer(control_pb2_grpc.ControlServicer):
+    """Put, get, search, peers, ls and status for the local CLI."""
+
+    def __init__(self, daemon: PeerDaemon) -> None:
+        self._daemon = daemon
+
+    async def Put(self, request: control_pb2.PutRequest, context: grpc.aio.ServicerContext) -> control_pb2.PutResponse:
+        daemon = self._daemon
+        try:
+            source = _absolute(request.path, "path")
+            if not source.exists():
+                raise StoreError(f"no such file: {source}")
+            if not source.is_file():
+                raise StoreError(f"not a regular file: {source}")
+            name = content.check_name(request.name or source.name)
+            chunk_size = content.check_chunk_size(request.chunk_size or daemon.config.chunk_size)
+            entry = await asyncio.to_thread(daemon.node.store.publish, source, name, chunk_size)
+        except (content.ContentError, StoreError) as err:
+            await _fail(context, err)
+        logger.info("published %s as %s (%d bytes)", name, entry.file_id, entry.manifest.size)
+        daemon.node.announce_now.set()
+        return control_pb2.PutResponse(file=entry.info, chunks=len(entry.manifest.chunk_sha256))
+
+    async def Get(
+        self, request: control_pb2.GetRequest, context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[control_pb2.GetProgress]:
+        daemon = self._daemon
+        try:
+            file_id = content.parse_file_id(request.file_id)
+            output = _absolute(request.output, "output") if request.output else None
+            if output is not None and not output.parent.is_dir():
+                raise StoreError(f"output directory does not exist: {output.parent}")
+            if output is not None and output.is_dir():
+                raise StoreError(f"output is a directory: {output}")
+        except (content.ContentError, StoreError) as err:
+            await _fail(context, err)
+        started = time.monotonic()
+        download, task = daemon.start_download(file_id, str(output) if output else "")
+        daemon.attach(file_id)
+        cancelled = True
+        try:
+            while not task.done():
+                yield self._progress(download, done=False)
+                await asyncio.wait([task], timeout=PROGRESS_EVERY)
+            cancelled = False
+        finally:
+            daemon.detach(file_id, cancelled=cancelled)
+        try:
+            entry = task.result()
+            if output is not None:
+                await asyncio.to_thread(daemon.node.store.export, entry, output)
+        except (DownloadError, StoreError, TrackersUnavailable) as err:
+            await _fail(context, err)
+        except asyncio.CancelledError:
+            await context.abort(grpc.StatusCode.CANCELLED, "download stopped (peer shutting down)")
+        final = self._progress(download, done=True)
+        final.seconds = time.monotonic() - started
+        yield final
+
+    @staticmethod
+    def _progress(download: Download, *, done: bool) -> control_pb2.GetProgress:
+        progress = control_pb2.GetProgress(done=done, done_bytes=download.done_bytes)
+        if download.entry is not None:
+            progress.file.CopyFrom(download.entry.info)
+            progress.total_bytes = download.entry.manifest.size
+        if done:
+            summary = download.summary
+            progress.sources.CopyFrom(
+                control_pb2.SourceShare(
+                    from_complete_bytes=summary.from_complete_bytes,
+                    from_partial_bytes=summary.from_partial_bytes,
+                    peers=len(summary.peers),
+                    resumed_chunks=summary.resumed_chunks,
+                    rejected_chunks=summary.rejected_chunks,
+                    banned_peers=summary.banned_peers,
+                )
+            )
+            progress.seconds = summary.seconds
+        return progress
+
+    async def Search(
+        self, request: control_pb2.SearchRequest, context: grpc.aio.ServicerContext
+    ) -> control_pb2.SearchResponse:
+        try:
+            results = await self._daemon.trackers.search(request.term)
+        except TrackersUnavailable as err:
+            await _fail(context, err)
+        return control_pb2.SearchResponse(results=results)
+
+    async def Peers(
+        self, request: control_pb2.PeersRequest, context: grpc.aio.ServicerContext
+    ) -> control_pb2.PeersResponse:
+        try:
+            file_id = content.parse_file_id(request.file_id)
+            holders = await self._daemon.trackers.holders(file_id)
+        except (content.ContentError, TrackersUnavailable) as err:
+            await _fail(context, err)
+        return control_pb2.PeersResponse(holders=holders)
+
+    async def List(
+        self, request: control_pb2.ListRequest, context: grpc.aio.ServicerContext
+    ) -> control_pb2.ListResponse:
+        files = [
+            control_pb2.LocalFile(
+                file=entry.info,
+                complete=entry.complete,
+                chunks_done=entry.have.count,
+                chunks_total=entry.have.size,
+            )
+            for entry in sorted(self._daemon.node.store.entries(), key=lambda e: (e.manifest.name, e.file_id))
+        ]
+        return control_pb2.ListResponse(files=files)
+
+    async def Status(
+        self, request: control_pb2.StatusRequest, context: grpc.aio.ServicerContext
+    ) -> control_pb2.StatusResponse:
+        daemon = self._daemon
+        stats = daemon.node.stats
+        return control_pb2.StatusResponse(
+            peer=common_pb2.PeerInfo(
+                peer_id=daemon.node.peer_id, address=daemon.node.info.address, zone=daemon.node.info.zone
+            ),
+            trackers=daemon.trackers.addresses,
+            trackers_up=daemon.trackers.up,
+            uploaded_bytes=stats.uploaded_bytes,
+            downloaded_bytes=stats.downloaded_bytes,
+            active_downloads=len(daemon.node.downloads),
+            uptime_seconds=time.monotonic() - stats.started_at,
+            data_dir=str(daemon.config.data_dir),
+        )

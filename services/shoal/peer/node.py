@@ -1,0 +1,89 @@
+"""The state one peer process shares between its servers, downloads and announcer."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import time
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+from shoal.config import PeerConfig
+from shoal.ratelimit import TokenBucket
+from shoal.store import Store
+from shoal.v1 import common_pb2
+
+if TYPE_CHECKING:
+    from shoal.peer.swarm import Download
+
+logger = logging.getLogger(__name__)
+
+MAX_KNOWN_PER_FILE = 200
+
+
+@dataclass
+class Stats:
+    """Byte and chunk counters since the process started (read by status and metrics)."""
+
+    uploaded_bytes: int = 0
+    downloaded_bytes: int = 0
+    from_partial_bytes: int = 0
+    from_complete_bytes: int = 0
+    chunks_uploaded: int = 0
+    chunks_verified: int = 0
+    chunks_rejected: int = 0
+    peers_banned: int = 0
+    busy_rejections: int = 0
+    downloads_started: int = 0
+    downloads_completed: int = 0
+    downloads_failed: int = 0
+    active_uploads: int = 0
+    started_at: float = field(default_factory=time.monotonic)
+
+
+class Node:
+    """One peer's shared state: identity, store, caps, counters and what it knows of each swarm."""
+
+    def __init__(self, config: PeerConfig, store: Store, peer_id: str, advertise: str) -> None:
+        self.config = config
+        self.store = store
+        self.info = common_pb2.PeerInfo(peer_id=peer_id, address=advertise, zone=config.zone)
+        self.stats = Stats()
+        self.upload_bucket = TokenBucket(config.upload_limit)
+        self.download_bucket = TokenBucket(config.download_limit)
+        self.downloads: dict[str, Download] = {}
+        self.known: dict[str, dict[str, common_pb2.PeerInfo]] = {}
+        self.announce_now = asyncio.Event()
+        self.draining = False
+
+    @property
+    def peer_id(self) -> str:
+        """This peer's id."""
+        return self.info.peer_id
+
+    def learn(self, file_id: str, peers: list[common_pb2.PeerInfo]) -> list[common_pb2.PeerInfo]:
+        """Remember holders of a file (bounded); return the ones that were new."""
+        known = self.known.setdefault(file_id, {})
+        fresh = []
+        for peer in peers:
+            if not peer.peer_id or not peer.address or peer.peer_id == self.peer_id:
+                continue
+            if peer.peer_id not in known:
+                fresh.append(peer)
+            known[peer.peer_id] = peer
+        while len(known) > MAX_KNOWN_PER_FILE:
+            known.pop(next(iter(known)))
+        download = self.downloads.get(file_id)
+        if download is not None and fresh:
+            download.add_sources(fresh)
+        return fresh
+
+    def forget(self, file_id: str, peer_id: str) -> None:
+        """Drop a holder we found dead or lying."""
+        self.known.get(file_id, {}).pop(peer_id, None)
+
+    def sample_known(self, file_id: str, limit: int = 50) -> list[common_pb2.PeerInfo]:
+        """A random sample of known holders to pass on (peer exchange)."""
+        peers = list(self.known.get(file_id, {}).values())
+        return random.sample(peers, min(limit, len(peers)))

@@ -1,0 +1,92 @@
+"""The peer-facing gRPC servicer: manifests, chunks and peer exchange for other peers."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+import grpc
+
+from shoal import content
+from shoal.peer.node import Node
+from shoal.store import Entry, StoreError
+from shoal.v1 import peer_pb2, peer_pb2_grpc
+
+logger = logging.getLogger(__name__)
+
+
+async def _entry(node: Node, file_id: str, context: grpc.aio.ServicerContext) -> Entry:
+    try:
+        canonical = content.parse_file_id(file_id)
+    except content.ContentError as err:
+        await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(err))
+    entry = node.store.get(canonical)
+    if entry is None:
+        await context.abort(grpc.StatusCode.NOT_FOUND, f"file {canonical} not held here")
+    return entry
+
+
+class PeerServicer(peer_pb2_grpc.PeerServicer):
+    """Serves what this peer holds; every answer is checked by the caller against the file id."""
+
+    def __init__(self, node: Node) -> None:
+        self._node = node
+
+    async def GetManifest(
+        self, request: peer_pb2.GetManifestRequest, context: grpc.aio.ServicerContext
+    ) -> peer_pb2.GetManifestResponse:
+        entry = await _entry(self._node, request.file_id, context)
+        return peer_pb2.GetManifestResponse(manifest=entry.manifest)
+
+    async def GetChunk(
+        self, request: peer_pb2.GetChunkRequest, context: grpc.aio.ServicerContext
+    ) -> peer_pb2.GetChunkResponse:
+        node = self._node
+        entry = await _entry(node, request.file_id, context)
+        nchunks = len(entry.manifest.chunk_sha256)
+        if request.index >= nchunks:
+            await context.abort(
+                grpc.StatusCode.OUT_OF_RANGE, f"chunk {request.index} out of range (file has {nchunks})"
+            )
+        if request.index not in entry.have:
+            await context.abort(grpc.StatusCode.NOT_FOUND, f"chunk {request.index} not held yet")
+        if node.draining:
+            await context.abort(grpc.StatusCode.UNAVAILABLE, "peer is shutting down")
+        if node.stats.active_uploads >= node.config.upload_slots:
+            node.stats.busy_rejections += 1
+            await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, "all upload slots busy")
+        node.stats.active_uploads += 1
+        try:
+            complete = entry.complete
+            _, length = content.chunk_span(entry.manifest, request.index)
+            await node.upload_bucket.take(length)
+            try:
+                data = await asyncio.to_thread(node.store.read_chunk, entry, request.index)
+            except (StoreError, OSError) as err:
+                logger.warning("cannot read chunk %d of %s: %s", request.index, entry.file_id, err)
+                await context.abort(grpc.StatusCode.INTERNAL, f"cannot read chunk: {err}")
+            node.stats.uploaded_bytes += len(data)
+            node.stats.chunks_uploaded += 1
+            bits = entry.have.to_bytes() if len(entry.manifest.chunk_sha256) <= 32768 else b""
+            return peer_pb2.GetChunkResponse(data=data, source_complete=complete, bitfield=bits)
+        finally:
+            node.stats.active_uploads -= 1
+
+    async def Exchange(
+        self, request: peer_pb2.ExchangeRequest, context: grpc.aio.ServicerContext
+    ) -> peer_pb2.ExchangeResponse:
+        node = self._node
+        entry = await _entry(node, request.file_id, context)
+        caller = request.peer
+        if caller.peer_id and caller.address and caller.peer_id != node.peer_id:
+            node.learn(entry.file_id, [caller])
+            download = node.downloads.get(entry.file_id)
+            if download is not None and request.bitfield:
+                download.update_bitfield(caller.peer_id, request.bitfield, complete=False)
+        if request.known:
+            node.learn(entry.file_id, list(request.known)[:100])
+        return peer_pb2.ExchangeResponse(
+            bitfield=entry.have.to_bytes(),
+            complete=entry.complete,
+            known=node.sample_known(entry.file_id),
+        )

@@ -1,0 +1,215 @@
+"""Talking to every tracker replica: announces to all, queries merged from whoever answers."""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+import logging
+import random
+import socket
+import time
+from collections.abc import Awaitable, Callable
+from typing import TypeVar
+
+import grpc
+
+from shoal import net
+from shoal.peer.node import Node
+from shoal.v1 import tracker_pb2, tracker_pb2_grpc
+
+logger = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+
+class TrackersUnavailable(Exception):
+    """No tracker replica answered."""
+
+
+class _Replica:
+    def __init__(self, address: str) -> None:
+        self.address = address
+        self.channel = net.open_channel(address)
+        self.stub = tracker_pb2_grpc.TrackerStub(self.channel)
+        self.up = False
+        self.failures = 0
+        self.next_announce = 0.0
+
+
+async def resolve(spec: str) -> list[str]:
+    """Expand 'host:port' to one 'ip:port' per address the name resolves to (a headless Service)."""
+    host, port = net.split_host_port(spec)
+    try:
+        ipaddress.ip_address(host)
+        return [spec]
+    except ValueError:
+        pass
+    loop = asyncio.get_running_loop()
+    infos = await loop.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    addresses = []
+    for family, _, _, _, sockaddr in infos:
+        ip = str(sockaddr[0])
+        addresses.append(f"[{ip}]:{port}" if family == socket.AF_INET6 else f"{ip}:{port}")
+    return sorted(set(addresses))
+
+
+class TrackerClient:
+    """Keeps a lease at every tracker replica and answers queries with failover across them."""
+
+    def __init__(self, node: Node, specs: tuple[str, ...], refresh_seconds: float = 30.0) -> None:
+        self._node = node
+        self._specs = specs
+        self._refresh = refresh_seconds
+        self._replicas: dict[str, _Replica] = {}
+        self.interval = 3.0
+
+    @property
+    def addresses(self) -> list[str]:
+        """Every replica address currently known."""
+        return sorted(self._replicas)
+
+    @property
+    def up(self) -> list[str]:
+        """Replicas that answered the last announce."""
+        return sorted(a for a, r in self._replicas.items() if r.up)
+
+    async def refresh(self) -> None:
+        """Re-resolve tracker names; add new replicas, drop vanished ones."""
+        wanted: set[str] = set()
+        failed = False
+        for spec in self._specs:
+            try:
+                wanted.update(await resolve(spec))
+            except (OSError, ValueError) as err:
+                logger.warning("cannot resolve tracker %s: %s", spec, err)
+                failed = True
+        if failed:  # keep what we had; drop nothing on a failed lookup
+            wanted.update(self._replicas)
+        for address in wanted - set(self._replicas):
+            logger.info("tracker replica %s added", address)
+            self._replicas[address] = _Replica(address)
+        for address in set(self._replicas) - wanted:
+            logger.info("tracker replica %s gone", address)
+            await self._replicas.pop(address).channel.close(None)
+
+    def _announcement(self) -> tracker_pb2.AnnounceRequest:
+        files = []
+        for entry in self._node.store.entries():
+            if entry.complete or entry.have.count:
+                files.append(tracker_pb2.HeldFile(file=entry.info, complete=entry.complete))
+        return tracker_pb2.AnnounceRequest(peer=self._node.info, files=files)
+
+    async def _announce_one(self, replica: _Replica, request: tracker_pb2.AnnounceRequest) -> None:
+        try:
+            reply = await replica.stub.Announce(request, timeout=net.TRACKER_DEADLINE)
+        except grpc.aio.AioRpcError as err:
+            if replica.up or replica.failures == 0:
+                logger.warning(
+                    "tracker %s unreachable (%s: %s); retrying with backoff",
+                    replica.address,
+                    err.code().name,
+                    err.details(),
+                )
+            replica.up = False
+            replica.failures += 1
+            backoff = min(self.interval, 0.2 * 2 ** min(replica.failures, 6)) * random.uniform(0.5, 1.0)
+            replica.next_announce = time.monotonic() + backoff
+            return
+        if not replica.up:
+            logger.info("tracker %s reachable; lease held", replica.address)
+        replica.up = True
+        replica.failures = 0
+        if reply.interval_seconds > 0:
+            self.interval = reply.interval_seconds
+        replica.next_announce = time.monotonic() + self.interval * random.uniform(0.9, 1.0)
+
+    async def announce_all(self, *, force: bool = False) -> None:
+        """Announce full state to every replica that is due (or all, when forced)."""
+        request = self._announcement()
+        now = time.monotonic()
+        due = [r for r in self._replicas.values() if force or r.next_announce <= now]
+        await asyncio.gather(*(self._announce_one(r, request) for r in due))
+
+    async def run(self) -> None:
+        """Announce loop: keeps leases fresh, re-resolves names, announces at once on changes."""
+        last_refresh = 0.0
+        while True:
+            now = time.monotonic()
+            if now - last_refresh >= self._refresh or not self._replicas:
+                await self.refresh()
+                last_refresh = now
+            force = self._node.announce_now.is_set()
+            self._node.announce_now.clear()
+            await self.announce_all(force=force)
+            wake = min((r.next_announce for r in self._replicas.values()), default=now + 1.0)
+            timeout = max(0.05, wake - time.monotonic())
+            try:
+                await asyncio.wait_for(self._node.announce_now.wait(), timeout)
+            except TimeoutError:
+                pass
+
+    async def leave(self) -> None:
+        """Tell every replica we are leaving (best effort, short deadline)."""
+        request = tracker_pb2.LeaveRequest(peer_id=self._node.peer_id)
+
+        async def one(replica: _Replica) -> None:
+            try:
+                await replica.stub.Leave(request, timeout=1.0)
+            except grpc.aio.AioRpcError as err:
+                logger.info("leave to %s failed: %s", replica.address, err.code().name)
+
+        await asyncio.gather(*(one(r) for r in self._replicas.values()))
+
+    async def close(self) -> None:
+        """Close every channel."""
+        for replica in self._replicas.values():
+            await replica.channel.close(None)
+
+    async def _ask_all(self, call: Callable[[tracker_pb2_grpc.TrackerStub], Awaitable[T]]) -> list[T]:
+        if not self._replicas:
+            await self.refresh()
+        replicas = list(self._replicas.values())
+
+        async def one(replica: _Replica) -> T:
+            return await net.with_retries(lambda: call(replica.stub), attempts=2, what=replica.address)
+
+        results = await asyncio.gather(*(one(r) for r in replicas), return_exceptions=True)
+        answers = [r for r in results if not isinstance(r, BaseException)]
+        if not answers:
+            reasons = {
+                r.code().name if isinstance(r, grpc.aio.AioRpcError) else type(r).__name__
+                for r in results
+                if isinstance(r, BaseException)
+            }
+            raise TrackersUnavailable(
+                f"no tracker answered ({', '.join(sorted(reasons)) or 'none configured'}): {', '.join(self._specs)}"
+            )
+        return answers
+
+    async def search(self, term: str) -> list[tracker_pb2.SearchFileResult]:
+        """Search every replica and merge: the highest holder counts any replica reports win."""
+        answers = await self._ask_all(
+            lambda stub: stub.SearchFiles(tracker_pb2.SearchFilesRequest(term=term), timeout=net.TRACKER_DEADLINE)
+        )
+        merged: dict[str, tracker_pb2.SearchFileResult] = {}
+        for answer in answers:
+            for result in answer.results:
+                best = merged.get(result.file.file_id)
+                if best is None or (result.complete_holders, result.partial_holders) > (
+                    best.complete_holders,
+                    best.partial_holders,
+                ):
+                    merged[result.file.file_id] = result
+        return sorted(merged.values(), key=lambda r: (r.file.name, r.file.file_id))
+
+    async def holders(self, file_id: str, limit: int = 0) -> list[tracker_pb2.Holder]:
+        """Holders of a file, the union over every replica that answers."""
+        request = tracker_pb2.GetPeersRequest(file_id=file_id, limit=limit, exclude_peer_id=self._node.peer_id)
+        answers = await self._ask_all(lambda stub: stub.GetPeers(request, timeout=net.TRACKER_DEADLINE))
+        merged: dict[str, tracker_pb2.Holder] = {}
+        for answer in answers:
+            for holder in answer.holders:
+                seen = merged.get(holder.peer.peer_id)
+                if seen is None or (holder.complete and not seen.complete):
+                    merged[holder.peer.peer_id] = holder
+        return sorted(merged.values(), key=lambda h: not h.complete)

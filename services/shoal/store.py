@@ -1,0 +1,289 @@
+"""The data dir: complete files, partial downloads with resume state, atomic publish and export.
+
+Layout under DATA_DIR:
+  peer_id                       this peer's stable id
+  files/<id>/{manifest.pb,data} complete, verified files
+  partial/<id>/{manifest.pb,data,have,output}  downloads in progress (have = bitfield of verified chunks)
+  tmp/                          scratch; emptied at start
+A download becomes visible under files/ only after the whole file is verified (directory rename).
+Every method here blocks: the daemon calls them through asyncio.to_thread.
+"""
+
+from __future__ import annotations
+
+import errno
+import hashlib
+import logging
+import os
+import shutil
+import threading
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from shoal import content
+from shoal.v1 import common_pb2
+
+logger = logging.getLogger(__name__)
+
+_READ_BLOCK = 4 * 1024 * 1024
+
+
+class StoreError(Exception):
+    """A store operation failed in a way the user should be told about."""
+
+
+@dataclass
+class Entry:
+    """One file in the store, complete or partial."""
+
+    file_id: str
+    manifest: common_pb2.Manifest
+    directory: Path
+    have: content.Bitfield
+    output: str = ""
+    fd: int = -1
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    @property
+    def complete(self) -> bool:
+        """True once the file is verified and under files/."""
+        return self.directory.parent.name == "files"
+
+    @property
+    def info(self) -> common_pb2.FileInfo:
+        """Id, name and size."""
+        return common_pb2.FileInfo(file_id=self.file_id, name=self.manifest.name, size=self.manifest.size)
+
+
+def _explain(err: OSError, what: str) -> StoreError:
+    if err.errno == errno.ENOSPC:
+        return StoreError(f"disk full while {what}")
+    return StoreError(f"{what} failed: {err.strerror or err}")
+
+
+class Store:
+    """The files this peer holds and the downloads it is running, on disk."""
+
+    def __init__(self, data_dir: Path) -> None:
+        self.root = data_dir
+        self._files = data_dir / "files"
+        self._partial = data_dir / "partial"
+        self._tmp = data_dir / "tmp"
+        self._entries: dict[str, Entry] = {}
+        self._lock = threading.Lock()
+
+    def open(self) -> None:
+        """Create the layout, clear scratch, and load every complete and partial file."""
+        for directory in (self._files, self._partial):
+            directory.mkdir(parents=True, exist_ok=True)
+        shutil.rmtree(self._tmp, ignore_errors=True)
+        self._tmp.mkdir(parents=True)
+        for directory in sorted(self._files.iterdir()):
+            self._load(directory, complete=True)
+        for directory in sorted(self._partial.iterdir()):
+            self._load(directory, complete=False)
+
+    def _load(self, directory: Path, *, complete: bool) -> None:
+        try:
+            file_id = content.parse_file_id(directory.name)
+            manifest = common_pb2.Manifest.FromString((directory / "manifest.pb").read_bytes())
+            content.validate_manifest(manifest, file_id)
+            nchunks = len(manifest.chunk_sha256)
+            if complete:
+                if (directory / "data").stat().st_size != manifest.size:
+                    raise content.ContentError("data size does not match manifest")
+                have = content.Bitfield.full(nchunks)
+            else:
+                have = content.Bitfield(nchunks, (directory / "have").read_bytes())
+            output_file = directory / "output"
+            output = output_file.read_text() if output_file.exists() else ""
+        except (OSError, ValueError) as err:
+            logger.warning("discarding unreadable store entry %s: %s", directory, err)
+            shutil.rmtree(directory, ignore_errors=True)
+            return
+        self._entries[file_id] = Entry(file_id, manifest, directory, have, output)
+        logger.info("loaded %s %s (%d/%d chunks)", "file" if complete else "partial", file_id, have.count, nchunks)
+
+    def peer_id(self) -> str:
+        """This peer's id, created once and kept in the data dir."""
+        path = self.root / "peer_id"
+        if path.exists():
+            return path.read_text().strip()
+        new_id = uuid.uuid4().hex
+        tmp = self._tmp / "peer_id"
+        tmp.write_text(new_id)
+        os.replace(tmp, path)
+        return new_id
+
+    def get(self, file_id: str) -> Entry | None:
+        """The entry for a file, complete or partial."""
+        return self._entries.get(file_id)
+
+    def entries(self) -> list[Entry]:
+        """Every entry."""
+        return list(self._entries.values())
+
+    def publish(self, source: Path, name: str, chunk_size: int) -> Entry:
+        """Copy a local file into the store while chunking and hashing it, then add it atomically."""
+        builder = content.ManifestBuilder(name, chunk_size)
+        scratch = self._tmp / uuid.uuid4().hex
+        scratch.mkdir()
+        try:
+            try:
+                with open(source, "rb") as src, open(scratch / "data", "wb") as dst:
+                    while chunk := src.read(chunk_size):
+                        builder.add(chunk)
+                        dst.write(chunk)
+                    dst.flush()
+                    os.fsync(dst.fileno())
+            except FileNotFoundError as err:
+                raise StoreError(f"no such file: {source}") from err
+            except IsADirectoryError as err:
+                raise StoreError(f"not a file: {source}") from err
+            except OSError as err:
+                raise _explain(err, f"publishing {source}") from err
+            file_id, manifest = builder.finish()
+            with self._lock:
+                existing = self._entries.get(file_id)
+                if existing is not None and existing.complete:
+                    return existing
+                (scratch / "manifest.pb").write_bytes(manifest.SerializeToString())
+                final = self._files / file_id
+                if existing is not None:  # a partial download of the same content: the local copy wins
+                    self._drop(existing)
+                os.rename(scratch, final)
+                entry = Entry(file_id, manifest, final, content.Bitfield.full(len(manifest.chunk_sha256)))
+                self._entries[file_id] = entry
+                return entry
+        finally:
+            shutil.rmtree(scratch, ignore_errors=True)
+
+    def begin(self, file_id: str, manifest: common_pb2.Manifest, output: str) -> Entry:
+        """Start (or find) a partial download: a sparse data file and an empty bitfield on disk."""
+        with self._lock:
+            existing = self._entries.get(file_id)
+            if existing is not None:
+                if output and not existing.complete and existing.output != output:
+                    self._write_small(existing.directory / "output", output.encode())
+                    existing.output = output
+                return existing
+            content.validate_manifest(manifest, file_id)
+            nchunks = len(manifest.chunk_sha256)
+            scratch = self._tmp / uuid.uuid4().hex
+            try:
+                scratch.mkdir()
+                (scratch / "manifest.pb").write_bytes(manifest.SerializeToString())
+                (scratch / "have").write_bytes(bytes((nchunks + 7) // 8))
+                (scratch / "output").write_text(output)
+                with open(scratch / "data", "wb") as data:
+                    data.truncate(manifest.size)
+                final = self._partial / file_id
+                os.rename(scratch, final)
+            except OSError as err:
+                shutil.rmtree(scratch, ignore_errors=True)
+                raise _explain(err, "starting download") from err
+            entry = Entry(file_id, manifest, final, content.Bitfield(nchunks), output)
+            self._entries[file_id] = entry
+            return entry
+
+    def _fd(self, entry: Entry, writable: bool) -> int:
+        with entry.lock:
+            if entry.fd < 0:
+                entry.fd = os.open(entry.directory / "data", os.O_RDWR if writable else os.O_RDONLY)
+            return entry.fd
+
+    def read_chunk(self, entry: Entry, index: int) -> bytes:
+        """Read a chunk this peer has verified."""
+        if index not in entry.have:
+            raise StoreError(f"chunk {index} not held")
+        offset, length = content.chunk_span(entry.manifest, index)
+        return os.pread(self._fd(entry, writable=not entry.complete), length, offset)
+
+    def write_chunk(self, entry: Entry, index: int, data: bytes) -> bool:
+        """Write a verified chunk, then record it in the on-disk bitfield; False if already held."""
+        if index in entry.have:
+            return False
+        offset, _ = content.chunk_span(entry.manifest, index)
+        try:
+            fd = self._fd(entry, writable=True)
+            written = os.pwrite(fd, data, offset)
+            if written != len(data):
+                raise OSError(errno.ENOSPC, "short write")
+            with entry.lock:
+                if not entry.have.set(index):
+                    return False
+                position, value = entry.have.byte(index)
+                have_fd = os.open(entry.directory / "have", os.O_WRONLY)
+                try:
+                    os.pwrite(have_fd, bytes([value]), position)
+                finally:
+                    os.close(have_fd)
+        except OSError as err:
+            raise _explain(err, f"writing chunk {index}") from err
+        return True
+
+    def finish(self, entry: Entry) -> Entry:
+        """Verify the whole file, then move it under files/ so it shows as complete."""
+        if entry.complete:
+            return entry
+        if not entry.have.complete:
+            raise StoreError("download is missing chunks")
+        digest = hashlib.sha256()
+        try:
+            with open(entry.directory / "data", "rb") as data:
+                while block := data.read(_READ_BLOCK):
+                    digest.update(block)
+                os.fsync(data.fileno())
+        except OSError as err:
+            raise _explain(err, "verifying download") from err
+        if digest.digest() != entry.manifest.file_sha256:
+            raise StoreError("whole-file hash mismatch")
+        with self._lock:
+            final = self._files / entry.file_id
+            os.rename(entry.directory, final)
+            (final / "have").unlink(missing_ok=True)
+            (final / "output").unlink(missing_ok=True)
+            entry.directory = final
+        return entry
+
+    def export(self, entry: Entry, output: Path) -> None:
+        """Copy a complete file to `output` through a temporary name and a rename."""
+        if not entry.complete:
+            raise StoreError("file is not complete")
+        parent = output.parent
+        if not parent.is_dir():
+            raise StoreError(f"output directory does not exist: {parent}")
+        tmp = parent / f".{output.name}.shoal-{uuid.uuid4().hex[:8]}"
+        try:
+            shutil.copyfile(entry.directory / "data", tmp)
+            os.replace(tmp, output)
+        except OSError as err:
+            tmp.unlink(missing_ok=True)
+            raise _explain(err, f"writing {output}") from err
+
+    def remove(self, file_id: str) -> None:
+        """Forget a file and delete it from disk."""
+        with self._lock:
+            entry = self._entries.get(file_id)
+            if entry is not None:
+                self._drop(entry)
+
+    def _drop(self, entry: Entry) -> None:
+        self._entries.pop(entry.file_id, None)
+        if entry.fd >= 0:
+            os.close(entry.fd)
+            entry.fd = -1
+        shutil.rmtree(entry.directory, ignore_errors=True)
+
+    def _write_small(self, path: Path, data: bytes) -> None:
+        tmp = self._tmp / uuid.uuid4().hex
+        tmp.write_bytes(data)
+        os.replace(tmp, path)
+
+    def close(self) -> None:
+        """Close cached file descriptors."""
+        for entry in self._entries.values():
+            if entry.fd >= 0:
+                os.close(entry.fd)
+                entry.fd = -1

@@ -1,0 +1,1 @@
+"""The tracker: a soft-state directory of live peers and what they hold."""
