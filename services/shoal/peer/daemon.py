@@ -134,15 +134,18 @@ class PeerDaemon:
                 await asyncio.to_thread(self.store.export, entry, Path(export_to))
         except (DownloadError, StoreError) as err:
             stats.downloads_failed += 1
+            self.node.observer.download_finished(download.elapsed, "failed")
             logger.warning("download of %s failed: %s", download.file_id, err)
             raise
         except asyncio.CancelledError:
+            self.node.observer.download_finished(download.elapsed, "cancelled")
             logger.info("download of %s stopped; verified chunks stay on disk for resume", download.file_id)
             raise
         finally:
             self.node.downloads.pop(download.file_id, None)
             self.node.announce_now.set()
         stats.downloads_completed += 1
+        self.node.observer.download_finished(download.elapsed, "completed")
         logger.info("download of %s complete in %.2fs", download.file_id, download.summary.seconds)
         return entry
 

@@ -42,6 +42,16 @@ class Stats:
     started_at: float = field(default_factory=time.monotonic)
 
 
+class Observer:
+    """Hooks for measurements that are not plain counters (the metrics module overrides them)."""
+
+    def chunk_fetched(self, seconds: float, nbytes: int) -> None:
+        """A chunk arrived and verified after `seconds` on the wire."""
+
+    def download_finished(self, seconds: float, outcome: str) -> None:
+        """A download ended: outcome is 'completed', 'failed' or 'cancelled'."""
+
+
 class Node:
     """One peer's shared state: identity, store, caps, counters and what it knows of each swarm."""
 
@@ -50,6 +60,7 @@ class Node:
         self.store = store
         self.info = common_pb2.PeerInfo(peer_id=peer_id, address=advertise, zone=config.zone)
         self.stats = Stats()
+        self.observer = Observer()
         self.upload_bucket = TokenBucket(config.upload_limit)
         self.download_bucket = TokenBucket(config.download_limit)
         self.downloads: dict[str, Download] = {}

@@ -101,6 +101,11 @@ class Download:
 
     # ---- progress for the control API -------------------------------------------------------
     @property
+    def elapsed(self) -> float:
+        """Seconds since the download started."""
+        return time.monotonic() - self._started
+
+    @property
     def done_bytes(self) -> int:
         """Verified bytes so far."""
         if self.entry is None:
@@ -338,6 +343,7 @@ class Download:
             if not await asyncio.to_thread(node.store.write_chunk, entry, index, reply.data):
                 return
             self._accepted(source, index, len(reply.data), elapsed, reply.source_complete)
+            node.observer.chunk_fetched(elapsed, len(reply.data))
         except asyncio.CancelledError:
             raise
         except grpc.aio.AioRpcError as err:
