@@ -298,6 +298,7 @@ def bench(args: argparse.Namespace, work: Path, procs: Procs) -> list[Result]:
         dir_b = work / f"peer-b{run}"
         pid_b = pair.start_peer(f"peer-b{run}", dir_b)
         output = work / f"out-shoal-{run}"
+        os.sync()  # start each timed transfer with no writeback of the setup's files pending
         sampler = RssSampler({"A": pid_a, "B": pid_b})
         sampler.start()
         try:
@@ -321,6 +322,7 @@ def bench(args: argparse.Namespace, work: Path, procs: Procs) -> list[Result]:
     for run in range(1, args.runs + 1):
         output = work / f"out-curl-{run}"
         argv = [args.curl, "-sS", "--fail", "-o", str(output), f"http://127.0.0.1:{port}/file"]
+        os.sync()
         start = time.perf_counter()
         run_cmd(argv, args.timeout, work / "logs" / "clients.log")
         seconds = time.perf_counter() - start

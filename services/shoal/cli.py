@@ -48,6 +48,11 @@ def _env_int(name: str, default: int) -> int:
         raise CliError(f"SHOAL_{name} must be an integer, got {value!r}", EXIT_USAGE) from None
 
 
+def _env_opt_int(name: str) -> int | None:
+    value = config.env(name)
+    return None if value is None else _env_int(name, 0)
+
+
 def _env_float(name: str, default: float | None) -> float | None:
     value = config.env(name)
     if value is None:
@@ -91,9 +96,7 @@ def build_parser() -> argparse.ArgumentParser:
         default=_env_float("PEER_TTL", None),
         help="forget a peer after this many seconds without an announce (SHOAL_PEER_TTL, default 3 intervals)",
     )
-    tracker.add_argument(
-        "--metrics-port", type=int, default=_env_float("METRICS_PORT", None), help="(SHOAL_METRICS_PORT)"
-    )
+    tracker.add_argument("--metrics-port", type=int, default=_env_opt_int("METRICS_PORT"), help="(SHOAL_METRICS_PORT)")
 
     peer = sub.add_parser("peer", help="run a peer daemon")
     peer.add_argument(
@@ -137,7 +140,7 @@ def build_parser() -> argparse.ArgumentParser:
         default=_env_int("REQUESTS_PER_PEER", config.DEFAULT_REQUESTS_PER_PEER),
         help="(SHOAL_REQUESTS_PER_PEER)",
     )
-    peer.add_argument("--metrics-port", type=int, default=_env_float("METRICS_PORT", None), help="(SHOAL_METRICS_PORT)")
+    peer.add_argument("--metrics-port", type=int, default=_env_opt_int("METRICS_PORT"), help="(SHOAL_METRICS_PORT)")
 
     put = sub.add_parser("put", parents=[common], help="publish a file; prints its id last")
     put.add_argument("path")

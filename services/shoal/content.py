@@ -115,6 +115,8 @@ class ManifestBuilder:
         """Feed the next chunk: full-size except possibly the last."""
         if self._size % self._chunk_size:
             raise ContentError("only the last chunk may be short")
+        if not 0 < len(chunk) <= self._chunk_size:
+            raise ContentError(f"chunk of {len(chunk)} bytes with chunk size {self._chunk_size}")
         self._whole.update(chunk)
         self._chunks.append(hashlib.sha256(chunk).digest())
         self._size += len(chunk)
@@ -157,6 +159,8 @@ class Bitfield:
 
     def set(self, index: int) -> bool:
         """Set bit `index`; return True if it was not set before."""
+        if not 0 <= index < self.size:
+            raise IndexError(f"chunk {index} out of range [0, {self.size})")
         if index in self:
             return False
         self._bits[index >> 3] |= 1 << (index & 7)

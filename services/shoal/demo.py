@@ -43,6 +43,34 @@ def sha256_of(path: Path) -> str:
     return digest.hexdigest()
 
 
+def write_scrape_config(swarm: LocalSwarm) -> Path:
+    """Write <workdir>/prometheus.yml scraping every tracker and peer of the swarm every second."""
+    from shoal.metrics import scrape_config
+
+    jobs = {
+        "shoal-tracker": [f"127.0.0.1:{proc.metrics_port}" for proc in swarm.trackers if proc.metrics_port],
+        "shoal-peer": [f"127.0.0.1:{proc.metrics_port}" for proc in swarm.peers if proc.metrics_port],
+    }
+    path = swarm.workdir / "prometheus.yml"
+    path.write_text(scrape_config(jobs))
+    return path
+
+
+def print_metrics(swarm: LocalSwarm, config: Path) -> None:
+    """Where to scrape, and the Prometheus command line that does it."""
+    print("\nmetrics endpoints:")
+    for proc in [*swarm.trackers, *swarm.peers]:
+        print(f"  {proc.name:<8} http://127.0.0.1:{proc.metrics_port}/metrics")
+    print(f"prometheus scrape config: {config}")
+    print(
+        f"  prometheus --config.file={config} --storage.tsdb.path={swarm.workdir / 'prometheus-data'} "
+        "--web.listen-address=127.0.0.1:9090"
+    )
+    dashboard = Path(__file__).resolve().parents[2] / "dashboards" / "shoal.json"
+    if dashboard.exists():
+        print(f"grafana dashboard: {dashboard} (pick a Prometheus data source for ${{datasource}})")
+
+
 def run_demo(args: argparse.Namespace) -> int:
     """Run the demo; 0 when every copy verified and every process exited cleanly."""
     if args.peers < 1 or args.size < 0:
@@ -55,14 +83,17 @@ def run_demo(args: argparse.Namespace) -> int:
         print(f"work dir {workdir}")
         for _ in range(2):
             tracker = swarm.start_tracker(metrics=args.metrics)
-            print(f"tracker  {tracker.address}" + (f"  metrics :{tracker.metrics_port}" if args.metrics else ""))
+            print(f"tracker  {tracker.address}" + (f"  metrics port {tracker.metrics_port}" if args.metrics else ""))
         for _ in range(args.peers + 1):
             swarm.start_peer(metrics=args.metrics, wait=False)
         from shoal.localswarm import wait_serving
 
         for peer in swarm.peers:
             wait_serving(peer.address)
-            print(f"{peer.name:<8} {peer.address}" + (f"  metrics :{peer.metrics_port}" if args.metrics else ""))
+            print(f"{peer.name:<8} {peer.address}" + (f"  metrics port {peer.metrics_port}" if args.metrics else ""))
+        scrape = write_scrape_config(swarm) if args.metrics else None
+        if scrape is not None:
+            print(f"prometheus scrape config written to {scrape}")
         source = workdir / "demo.bin"
         expected = make_file(source, args.size)
         seeder, leechers = swarm.peers[0], swarm.peers[1:]
@@ -114,7 +145,8 @@ def run_demo(args: argparse.Namespace) -> int:
         print(
             f"\nall {len(leechers)} downloads done in {wall:.2f}s; {'every copy verified' if ok else 'FAILURES above'}"
         )
-        if args.metrics:
+        if scrape is not None:
+            print_metrics(swarm, scrape)
             print("\nswarm left running for Prometheus/Grafana; Ctrl-C to stop")
             try:
                 while True:

@@ -97,9 +97,15 @@ async def with_retries(
 def split_host_port(address: str) -> tuple[str, int]:
     """Split 'host:port' (IPv6 as '[::1]:port'); raise ValueError on anything else."""
     host, sep, port = address.rpartition(":")
-    if not sep or not host or not port.isdigit():
+    if not sep or not host or not (port.isascii() and port.isdigit()):
         raise ValueError(f"not a host:port address: {address!r}")
     number = int(port)
     if not 0 <= number <= 65535:
         raise ValueError(f"port out of range in {address!r}")
-    return host.strip("[]"), number
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+        if not host:
+            raise ValueError(f"empty IPv6 address in {address!r}")
+    elif ":" in host or "[" in host or "]" in host:
+        raise ValueError(f"IPv6 addresses need brackets, as in [::1]:7400: {address!r}")
+    return host, number

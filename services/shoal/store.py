@@ -21,12 +21,12 @@ import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from google.protobuf.message import DecodeError
+
 from shoal import content
 from shoal.v1 import common_pb2
 
 logger = logging.getLogger(__name__)
-
-_READ_BLOCK = 4 * 1024 * 1024
 
 
 class StoreError(Exception):
@@ -43,6 +43,7 @@ class Entry:
     have: content.Bitfield
     output: str = ""
     fd: int = -1
+    have_fd: int = -1
     lock: threading.Lock = field(default_factory=threading.Lock)
 
     @property
@@ -98,7 +99,7 @@ class Store:
                 have = content.Bitfield(nchunks, (directory / "have").read_bytes())
             output_file = directory / "output"
             output = output_file.read_text() if output_file.exists() else ""
-        except (OSError, ValueError) as err:
+        except (OSError, ValueError, DecodeError) as err:
             logger.warning("discarding unreadable store entry %s: %s", directory, err)
             shutil.rmtree(directory, ignore_errors=True)
             return
@@ -137,6 +138,7 @@ class Store:
                         dst.write(chunk)
                     dst.flush()
                     os.fsync(dst.fileno())
+                os.chmod(scratch / "data", 0o444)
             except FileNotFoundError as err:
                 raise StoreError(f"no such file: {source}") from err
             except IsADirectoryError as err:
@@ -214,41 +216,58 @@ class Store:
                 if not entry.have.set(index):
                     return False
                 position, value = entry.have.byte(index)
-                have_fd = os.open(entry.directory / "have", os.O_WRONLY)
-                try:
-                    os.pwrite(have_fd, bytes([value]), position)
-                finally:
-                    os.close(have_fd)
+                if entry.have_fd < 0:
+                    entry.have_fd = os.open(entry.directory / "have", os.O_WRONLY)
+                os.pwrite(entry.have_fd, bytes([value]), position)
         except OSError as err:
             raise _explain(err, f"writing chunk {index}") from err
         return True
 
-    def finish(self, entry: Entry) -> Entry:
-        """Verify the whole file, then move it under files/ so it shows as complete."""
+    def hash_prefix(self, entry: Entry, digest: hashlib._Hash, start: int) -> int:
+        """Feed held chunks from `start` onwards, in order, into `digest`; return the first index not fed."""
+        index = start
+        while index < entry.have.size and index in entry.have:
+            offset, length = content.chunk_span(entry.manifest, index)
+            digest.update(os.pread(self._fd(entry, writable=not entry.complete), length, offset))
+            index += 1
+        return index
+
+    def finish(self, entry: Entry, digest: hashlib._Hash | None = None, hashed_chunks: int = 0) -> Entry:
+        """Verify the whole file (continuing a digest of its first chunks), then show it as complete."""
         if entry.complete:
             return entry
         if not entry.have.complete:
             raise StoreError("download is missing chunks")
-        digest = hashlib.sha256()
+        if digest is None:
+            digest, hashed_chunks = hashlib.sha256(), 0
         try:
+            if self.hash_prefix(entry, digest, hashed_chunks) != entry.have.size:
+                raise StoreError("download is missing chunks")
             with open(entry.directory / "data", "rb") as data:
-                while block := data.read(_READ_BLOCK):
-                    digest.update(block)
                 os.fsync(data.fileno())
         except OSError as err:
             raise _explain(err, "verifying download") from err
         if digest.digest() != entry.manifest.file_sha256:
+            self.remove(entry.file_id)  # start over next time rather than fail the same way forever
             raise StoreError("whole-file hash mismatch")
         with self._lock:
+            if entry.have_fd >= 0:
+                os.close(entry.have_fd)
+                entry.have_fd = -1
             final = self._files / entry.file_id
+            os.chmod(entry.directory / "data", 0o444)
             os.rename(entry.directory, final)
             (final / "have").unlink(missing_ok=True)
             (final / "output").unlink(missing_ok=True)
             entry.directory = final
         return entry
 
-    def export(self, entry: Entry, output: Path) -> None:
-        """Copy a complete file to `output` through a temporary name and a rename."""
+    def export(self, entry: Entry, output: Path, *, link: bool = True) -> None:
+        """Place a complete file at `output` via a temporary name and a rename.
+
+        On the same filesystem it is a hard link to the store's read-only copy (no bytes copied,
+        as Dragonfly's dfget does); elsewhere, or with link=False, a copy.
+        """
         if not entry.complete:
             raise StoreError("file is not complete")
         parent = output.parent
@@ -256,7 +275,15 @@ class Store:
             raise StoreError(f"output directory does not exist: {parent}")
         tmp = parent / f".{output.name}.shoal-{uuid.uuid4().hex[:8]}"
         try:
-            shutil.copyfile(entry.directory / "data", tmp)
+            try:
+                if not link:
+                    raise OSError(errno.EXDEV, "copy requested")
+                os.link(entry.directory / "data", tmp)
+            except OSError as err:
+                if err.errno not in (errno.EXDEV, errno.EPERM, errno.EMLINK):
+                    raise
+                shutil.copyfile(entry.directory / "data", tmp)
+                os.chmod(tmp, 0o644)
             os.replace(tmp, output)
         except OSError as err:
             tmp.unlink(missing_ok=True)
@@ -271,9 +298,7 @@ class Store:
 
     def _drop(self, entry: Entry) -> None:
         self._entries.pop(entry.file_id, None)
-        if entry.fd >= 0:
-            os.close(entry.fd)
-            entry.fd = -1
+        self._close(entry)
         shutil.rmtree(entry.directory, ignore_errors=True)
 
     def _write_small(self, path: Path, data: bytes) -> None:
@@ -281,9 +306,15 @@ class Store:
         tmp.write_bytes(data)
         os.replace(tmp, path)
 
+    @staticmethod
+    def _close(entry: Entry) -> None:
+        for name in ("fd", "have_fd"):
+            fd = getattr(entry, name)
+            if fd >= 0:
+                os.close(fd)
+                setattr(entry, name, -1)
+
     def close(self) -> None:
         """Close cached file descriptors."""
         for entry in self._entries.values():
-            if entry.fd >= 0:
-                os.close(entry.fd)
-                entry.fd = -1
+            self._close(entry)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import ipaddress
 import logging
 import os
@@ -17,6 +18,7 @@ import grpc
 from shoal import net
 from shoal.config import PeerConfig
 from shoal.health import Health
+from shoal.metrics import ProcessMetrics
 from shoal.peer.control import ControlServicer
 from shoal.peer.exchange import LinkPool
 from shoal.peer.node import Node
@@ -25,6 +27,7 @@ from shoal.peer.swarm import Download, DownloadError
 from shoal.peer.trackers import TrackerClient
 from shoal.store import Entry, Store, StoreError
 from shoal.v1 import control_pb2_grpc, peer_pb2_grpc
+from shoal.zone import detect_zone
 
 logger = logging.getLogger(__name__)
 
@@ -64,8 +67,10 @@ class PeerDaemon:
         self.trackers: TrackerClient
         self.port = 0
         self.health = Health([SERVICE_NAME])
-        self._peer_server = grpc.aio.server(options=net.SERVER_OPTIONS)
-        self._control_server = grpc.aio.server(options=net.SERVER_OPTIONS)
+        self.metrics = ProcessMetrics(config.metrics_port) if config.metrics_port is not None else None
+        interceptors = [self.metrics.interceptor] if self.metrics is not None else []
+        self._peer_server = grpc.aio.server(options=net.SERVER_OPTIONS, interceptors=interceptors)
+        self._control_server = grpc.aio.server(options=net.SERVER_OPTIONS, interceptors=interceptors)
         self._tasks: dict[str, asyncio.Task[Entry]] = {}
         self._waiters: dict[str, int] = {}
         self._background: list[asyncio.Task[None]] = []
@@ -79,9 +84,13 @@ class PeerDaemon:
         self.port = self._peer_server.add_insecure_port(self.config.listen)
         if self.port == 0:
             raise OSError(f"cannot listen on {self.config.listen}")
+        zone = await asyncio.to_thread(detect_zone, self.config.zone)
+        self.config = dataclasses.replace(self.config, zone=zone)
         self.node = Node(
             self.config, self.store, peer_id, advertised(self.config.listen, self.port, self.config.advertise)
         )
+        if self.metrics is not None:
+            self.metrics.watch_peer(self.node)
         self.trackers = TrackerClient(self.node, self.config.trackers, self.config.tracker_refresh)
         peer_pb2_grpc.add_PeerServicer_to_server(PeerServicer(self.node), self._peer_server)
         self.health.attach(self._peer_server)
@@ -101,6 +110,8 @@ class PeerDaemon:
             if not entry.complete:
                 logger.info("resuming download of %s (%d/%d chunks)", entry.file_id, entry.have.count, entry.have.size)
                 self.start_download(entry.file_id, entry.output, export=True)
+        if self.metrics is not None:
+            self.metrics.serve()
         await self.health.serving()
         logger.info(
             "peer %s listening on %s (advertised %s), control on %s, trackers %s",
@@ -175,6 +186,8 @@ class PeerDaemon:
         await self._peer_server.stop(STOP_GRACE)
         await self.trackers.close()
         await self.links.close()
+        if self.metrics is not None:
+            await asyncio.to_thread(self.metrics.stop)
         await asyncio.to_thread(self.store.close)
 
 

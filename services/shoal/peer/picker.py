@@ -61,8 +61,10 @@ class Picker:
             for i in range(self.size):
                 if i in bits:
                     self.availability[i] -= 1
-        for requesters in self.inflight.values():
-            requesters.discard(source)
+        for index in list(self.inflight):
+            self.inflight[index].discard(source)
+            if not self.inflight[index]:
+                del self.inflight[index]
 
     def holds(self, source: str, index: int) -> bool:
         """True if the source is known to hold the chunk."""

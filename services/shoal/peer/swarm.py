@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
+import hashlib
 import logging
 import random
 import time
@@ -23,6 +25,7 @@ from shoal.peer.picker import Picker
 from shoal.peer.trackers import TrackerClient, TrackersUnavailable
 from shoal.store import Entry, StoreError
 from shoal.v1 import common_pb2
+from shoal.zone import prefer_zone
 
 logger = logging.getLogger(__name__)
 
@@ -31,6 +34,7 @@ DEAD_AFTER_FAILURES = 3
 EXCHANGE_PERIOD = 0.5
 TRACKER_REFRESH = 3.0
 STALL_TIMEOUT = 60.0  # no source and no progress this long: give up
+SOURCE_STALL = 5.0  # a source with requests in flight that sends nothing this long is treated as dead
 
 
 class DownloadError(Exception):
@@ -56,6 +60,7 @@ class Source:
     banned: bool = False
     dead_until: float = 0.0
     busy_until: float = 0.0
+    last_activity: float = 0.0
     exchange_task: asyncio.Task[None] | None = None
     fetches: dict[int, asyncio.Task[None]] = field(default_factory=dict)
 
@@ -98,6 +103,9 @@ class Download:
         self._max_peers = node.config.max_peers
         self._per_peer = node.config.requests_per_peer
         self._failure: BaseException | None = None
+        self._digest = hashlib.sha256()
+        self._hashed = 0  # chunks fed to _digest, in order
+        self._hashing: asyncio.Task[None] | None = None
 
     # ---- progress for the control API -------------------------------------------------------
     @property
@@ -206,6 +214,7 @@ class Download:
             if now - last_tracker >= TRACKER_REFRESH or (not self._usable() and now - last_tracker >= 1.0):
                 last_tracker = now
                 asyncio.create_task(self._refresh_from_trackers())
+            self._drop_stalled(now)
             self._admit()
             self._dispatch()
             if not self._sources and not self._candidates and now - self._last_progress > STALL_TIMEOUT:
@@ -216,7 +225,9 @@ class Download:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), 0.25)
         await self._stop_all()
-        await asyncio.to_thread(self.node.store.finish, entry)
+        if self._hashing is not None:
+            await self._hashing
+        await asyncio.to_thread(self.node.store.finish, entry, self._digest, self._hashed)
 
     async def _refresh_from_trackers(self) -> None:
         self.add_sources(await self._holders_from_trackers())
@@ -227,15 +238,17 @@ class Download:
 
     def _admit(self) -> None:
         """Bring candidates in as sources while below max_peers; same zone first, then at random."""
+        now = time.monotonic()
+        for source in list(self._sources.values()):
+            if source.dead_until and source.dead_until <= now and not source.banned:
+                del self._sources[source.peer_id]  # cool-off over: it may be tried again
+                self._candidates[source.peer_id] = source.info
         usable = self._usable()
         if len(usable) >= self._max_peers or not self._candidates:
             if len(usable) >= self._max_peers and self._candidates:
                 self._rotate(usable)
             return
-        zone = self.node.info.zone
-        pool = list(self._candidates.values())
-        random.shuffle(pool)
-        pool.sort(key=lambda p: not (zone and p.zone == zone))
+        pool = prefer_zone(list(self._candidates.values()), self.node.info.zone)
         for peer in pool[: self._max_peers - len(usable)]:
             del self._candidates[peer.peer_id]
             old = self._sources.get(peer.peer_id)
@@ -262,11 +275,24 @@ class Download:
             self._picker.remove_source(source.peer_id)
         self._sources.pop(source.peer_id, None)
 
+    def _drop_stalled(self, now: float) -> None:
+        """A source that hangs (no RST, e.g. SIGSTOP) or crawls: hand its in-flight chunks to others."""
+        for source in list(self._sources.values()):
+            if source.inflight and not source.banned and now - source.last_activity > SOURCE_STALL:
+                logger.warning(
+                    "source %s sent nothing for %.0fs with %d requests in flight; switching",
+                    source.info.address,
+                    now - source.last_activity,
+                    source.inflight,
+                )
+                self._drop_dead(source, cool_off=10.0)
+
     def _dispatch(self) -> None:
         picker = self._picker
         assert picker is not None
         now = time.monotonic()
-        for source in sorted(self._usable(), key=lambda s: -s.rate):
+        zone = self.node.info.zone
+        for source in sorted(self._usable(), key=lambda s: (bool(zone) and s.info.zone != zone, -s.rate)):
             if source.busy_until > now:
                 continue
             while source.inflight < self._per_peer:
@@ -274,8 +300,12 @@ class Download:
                 if index is None:
                     break
                 picker.started(index, source.peer_id)
+                if source.inflight == 0:
+                    source.last_activity = now
                 source.inflight += 1
-                source.fetches[index] = asyncio.create_task(self._fetch(source, index))
+                task = asyncio.create_task(self._fetch(source, index))
+                task.add_done_callback(functools.partial(self._fetch_done, source, index))
+                source.fetches[index] = task
 
     async def _exchange_loop(self, source: Source) -> None:
         entry = self.entry
@@ -336,11 +366,11 @@ class Download:
                 self.update_bitfield(source.peer_id, reply.bitfield, complete=reply.source_complete)
             if index in entry.have:
                 return  # endgame loser that arrived anyway
-            ok = await asyncio.to_thread(content.chunk_ok, entry.manifest, index, reply.data)
-            if not ok:
+            verdict = await asyncio.to_thread(self._verify_and_write, entry, index, reply.data)
+            if verdict is None:
                 self._rejected(source, index)
                 return
-            if not await asyncio.to_thread(node.store.write_chunk, entry, index, reply.data):
+            if not verdict:
                 return
             self._accepted(source, index, len(reply.data), elapsed, reply.source_complete)
             node.observer.chunk_fetched(elapsed, len(reply.data))
@@ -358,16 +388,43 @@ class Download:
                 self._failed(source, err)
         except StoreError as err:
             self._failure = DownloadError(str(err))
-        finally:
-            source.fetches.pop(index, None)
-            source.inflight -= 1
-            picker.finished(index, source.peer_id)
-            self._notify()
+
+    def _fetch_done(self, source: Source, index: int, task: asyncio.Task[None]) -> None:
+        """Bookkeeping for every fetch, including one cancelled before it ever ran."""
+        if source.fetches.get(index) is task:
+            del source.fetches[index]
+        source.inflight -= 1
+        if self._picker is not None:
+            self._picker.finished(index, source.peer_id)
+        self._notify()
+
+    def _verify_and_write(self, entry: Entry, index: int, data: bytes) -> bool | None:
+        """In a worker thread: None if the chunk fails its hash, else whether it was newly written."""
+        if not content.chunk_ok(entry.manifest, index, data):
+            return None
+        return self.node.store.write_chunk(entry, index, data)
+
+    def _advance_hash(self) -> None:
+        """Keep the whole-file digest moving over the verified prefix, so finishing costs little."""
+        entry = self.entry
+        if entry is None or self._hashing is not None:
+            return
+        if self._hashed >= entry.have.size or self._hashed not in entry.have:
+            return
+
+        async def run() -> None:
+            try:
+                self._hashed = await asyncio.to_thread(self.node.store.hash_prefix, entry, self._digest, self._hashed)
+            finally:
+                self._hashing = None
+
+        self._hashing = asyncio.create_task(run())
 
     def _accepted(self, source: Source, index: int, nbytes: int, elapsed: float, complete: bool) -> None:
         node = self.node
         self._last_progress = time.monotonic()
         source.failures = 0
+        source.last_activity = self._last_progress
         source.received += nbytes
         sample = nbytes / elapsed
         source.rate = sample if source.rate <= 0 else 0.7 * source.rate + 0.3 * sample
@@ -387,6 +444,7 @@ class Download:
                 task = other.fetches.get(index) if other is not None else None
                 if task is not None:
                     task.cancel()
+        self._advance_hash()
         if self.entry is not None and self.entry.have.count == 1:
             node.announce_now.set()  # we now serve a chunk: let the trackers list us as a partial holder
 

@@ -15,6 +15,7 @@ import grpc
 from shoal import net
 from shoal.config import TrackerConfig
 from shoal.health import Health
+from shoal.metrics import ProcessMetrics, WatchedRegistry
 from shoal.tracker.registry import Holding, Peer, Registry
 from shoal.v1 import common_pb2, tracker_pb2, tracker_pb2_grpc
 
@@ -163,6 +164,7 @@ class RunningTracker:
     server: grpc.aio.Server
     health: Health
     sweeper: asyncio.Task[None]
+    metrics: ProcessMetrics | None = None
 
     async def stop(self, grace: float = STOP_GRACE) -> None:
         """Report NOT_SERVING, stop sweeping, and let in-flight calls finish within grace seconds."""
@@ -171,6 +173,8 @@ class RunningTracker:
         with contextlib.suppress(asyncio.CancelledError):
             await self.sweeper
         await self.server.stop(grace)
+        if self.metrics is not None:
+            await asyncio.to_thread(self.metrics.stop)
 
 
 async def sweep_leases(registry: Registry, every: float = EXPIRE_EVERY) -> None:
@@ -187,8 +191,10 @@ async def sweep_leases(registry: Registry, every: float = EXPIRE_EVERY) -> None:
 async def start_tracker(cfg: TrackerConfig, registry: Registry | None = None) -> RunningTracker:
     """Bind cfg.listen (port 0 picks a free port), start serving and report SERVING."""
     host, _ = net.split_host_port(cfg.listen)
-    registry = registry if registry is not None else Registry(cfg.ttl)
-    server = grpc.aio.server(options=net.SERVER_OPTIONS)
+    registry = registry if registry is not None else WatchedRegistry(cfg.ttl)
+    metrics = ProcessMetrics(cfg.metrics_port) if cfg.metrics_port is not None else None
+    interceptors = [metrics.interceptor] if metrics is not None else []
+    server = grpc.aio.server(options=net.SERVER_OPTIONS, interceptors=interceptors)
     tracker_pb2_grpc.add_TrackerServicer_to_server(TrackerServicer(registry, cfg), server)
     health = Health([SERVICE_NAME])
     health.attach(server)
@@ -198,14 +204,19 @@ async def start_tracker(cfg: TrackerConfig, registry: Registry | None = None) ->
     await server.start()
     sweeper = asyncio.create_task(sweep_leases(registry), name="tracker-lease-sweep")
     try:
+        if metrics is not None:
+            metrics.watch_tracker(registry)
+            metrics.serve()
         await health.serving()
     except BaseException:
         sweeper.cancel()
         await server.stop(0)
+        if metrics is not None:
+            metrics.stop()
         raise
     shown = f"[{host}]" if ":" in host else host
     logger.info("tracker listening on %s:%d", shown, port)
-    return RunningTracker(port, registry, server, health, sweeper)
+    return RunningTracker(port, registry, server, health, sweeper, metrics)
 
 
 async def run_tracker(cfg: TrackerConfig, ready: Callable[[int], None] | None = None) -> None:

@@ -21,8 +21,8 @@ DESCRIPTOR: _descriptor.FileDescriptor
 @_typing.final
 class Manifest(_message.Message):
     """Manifest represents everything needed to fetch and verify one file.
-    A file's id is sha256 over (size, chunk_size, chunk_sha256...), so a manifest
-    can be checked against the id it was requested under.
+    A file's id is sha256 over a magic string, size, chunk_size, file_sha256 and every
+    chunk_sha256 (name excluded), so a manifest can be checked against the id it was requested under.
     """
 
     DESCRIPTOR: _descriptor.Descriptor

@@ -1,0 +1,439 @@
+"""The on-disk store: publish, partial downloads, verification, resume and export (tmp_path, no sockets)."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from shoal.content import MIN_CHUNK_SIZE, ManifestBuilder
+from shoal.store import Store, StoreError
+from shoal.v1 import common_pb2
+
+CS = MIN_CHUNK_SIZE
+
+
+def pattern(size: int, seed: int = 0) -> bytes:
+    """Deterministic bytes that differ from chunk to chunk."""
+    out = bytearray()
+    counter = 0
+    while len(out) < size:
+        out += hashlib.sha256(f"{seed}:{counter}".encode()).digest()
+        counter += 1
+    return bytes(out[:size])
+
+
+def build(data: bytes, name: str = "f.bin", chunk_size: int = CS) -> tuple[str, common_pb2.Manifest]:
+    builder = ManifestBuilder(name, chunk_size)
+    for offset in range(0, len(data), chunk_size):
+        builder.add(data[offset : offset + chunk_size])
+    return builder.finish()
+
+
+def chunks_of(data: bytes, chunk_size: int = CS) -> list[bytes]:
+    return [data[i : i + chunk_size] for i in range(0, len(data), chunk_size)]
+
+
+@pytest.fixture
+def data_dir(tmp_path: Path) -> Path:
+    return tmp_path / "data"
+
+
+@pytest.fixture
+def opened(data_dir: Path) -> Iterator[list[Store]]:
+    """Every Store a test opens, closed afterwards."""
+    stores: list[Store] = []
+    yield stores
+    for store in stores:
+        store.close()
+
+
+@pytest.fixture
+def store(data_dir: Path, opened: list[Store]) -> Store:
+    return reopen(data_dir, opened)
+
+
+def reopen(data_dir: Path, opened: list[Store]) -> Store:
+    store = Store(data_dir)
+    store.open()
+    opened.append(store)
+    return store
+
+
+def listing(directory: Path) -> list[str]:
+    return sorted(p.name for p in directory.iterdir()) if directory.exists() else []
+
+
+# ---- layout -------------------------------------------------------------------------------------
+
+
+def test_open_creates_layout(store: Store, data_dir: Path) -> None:
+    assert (data_dir / "files").is_dir()
+    assert (data_dir / "partial").is_dir()
+    assert (data_dir / "tmp").is_dir()
+    assert store.entries() == []
+
+
+def test_open_empties_tmp(data_dir: Path, opened: list[Store]) -> None:
+    (data_dir / "tmp" / "leftover-dir").mkdir(parents=True)
+    (data_dir / "tmp" / "leftover-file").write_bytes(b"junk")
+    reopen(data_dir, opened)
+    assert listing(data_dir / "tmp") == []
+
+
+def test_peer_id_persists(data_dir: Path, opened: list[Store]) -> None:
+    first = reopen(data_dir, opened).peer_id()
+    assert len(first) == 32 and int(first, 16) >= 0
+    assert reopen(data_dir, opened).peer_id() == first
+    assert (data_dir / "peer_id").read_text().strip() == first
+    assert listing(data_dir / "tmp") == []
+
+
+def test_peer_ids_differ_between_data_dirs(tmp_path: Path, opened: list[Store]) -> None:
+    assert reopen(tmp_path / "a", opened).peer_id() != reopen(tmp_path / "b", opened).peer_id()
+
+
+# ---- publish ------------------------------------------------------------------------------------
+
+
+def test_publish_copies_content_and_ids_match_builder(store: Store, tmp_path: Path, data_dir: Path) -> None:
+    data = pattern(3 * CS + 123)
+    source = tmp_path / "src.bin"
+    source.write_bytes(data)
+    entry = store.publish(source, "published.bin", CS)
+    expected_id, expected_manifest = build(data, "published.bin")
+    assert entry.file_id == expected_id
+    assert entry.manifest == expected_manifest
+    assert entry.complete
+    assert entry.have.complete and entry.have.count == 4
+    assert entry.directory == data_dir / "files" / expected_id
+    assert (entry.directory / "data").read_bytes() == data
+    assert common_pb2.Manifest.FromString((entry.directory / "manifest.pb").read_bytes()) == expected_manifest
+    assert store.get(expected_id) is entry
+    assert entry.info.file_id == expected_id and entry.info.name == "published.bin" and entry.info.size == len(data)
+    assert listing(data_dir / "tmp") == []
+
+
+def test_publish_is_a_copy_not_a_link(store: Store, tmp_path: Path) -> None:
+    source = tmp_path / "src.bin"
+    source.write_bytes(pattern(CS))
+    entry = store.publish(source, "f", CS)
+    source.write_bytes(b"changed afterwards")
+    assert (entry.directory / "data").read_bytes() == pattern(CS)
+
+
+def test_publish_twice_returns_existing(store: Store, tmp_path: Path, data_dir: Path) -> None:
+    source = tmp_path / "src.bin"
+    source.write_bytes(pattern(2 * CS))
+    first = store.publish(source, "one", CS)
+    second = store.publish(source, "two", CS)
+    assert second is first
+    assert second.manifest.name == "one"
+    assert len(store.entries()) == 1
+    assert listing(data_dir / "files") == [first.file_id]
+    assert listing(data_dir / "tmp") == []
+
+
+def test_publish_missing_file(store: Store, tmp_path: Path, data_dir: Path) -> None:
+    with pytest.raises(StoreError, match="no such file"):
+        store.publish(tmp_path / "nope", "nope", CS)
+    assert store.entries() == []
+    assert listing(data_dir / "tmp") == []
+
+
+def test_publish_directory(store: Store, tmp_path: Path, data_dir: Path) -> None:
+    folder = tmp_path / "folder"
+    folder.mkdir()
+    with pytest.raises(StoreError):
+        store.publish(folder, "folder", CS)
+    assert store.entries() == []
+    assert listing(data_dir / "files") == []
+    assert listing(data_dir / "tmp") == []
+
+
+def test_publish_replaces_partial_of_same_content(store: Store, tmp_path: Path, data_dir: Path) -> None:
+    data = pattern(2 * CS)
+    file_id, manifest = build(data)
+    store.begin(file_id, manifest, "")
+    source = tmp_path / "src.bin"
+    source.write_bytes(data)
+    entry = store.publish(source, "f.bin", CS)
+    assert entry.complete
+    assert store.get(file_id) is entry
+    assert listing(data_dir / "partial") == []
+
+
+def test_publish_and_export_empty_file(store: Store, tmp_path: Path, opened: list[Store], data_dir: Path) -> None:
+    source = tmp_path / "empty"
+    source.write_bytes(b"")
+    entry = store.publish(source, "empty", CS)
+    assert entry.file_id == build(b"", "empty")[0]
+    assert entry.manifest.size == 0 and len(entry.manifest.chunk_sha256) == 0
+    assert entry.complete and entry.have.complete
+    out = tmp_path / "out" / "empty.copy"
+    out.parent.mkdir()
+    store.export(entry, out)
+    assert out.read_bytes() == b""
+    again = reopen(data_dir, opened).get(entry.file_id)
+    assert again is not None and again.complete
+
+
+# ---- partial downloads --------------------------------------------------------------------------
+
+
+def test_download_flow_out_of_order(store: Store, data_dir: Path) -> None:
+    data = pattern(4 * CS + 17, seed=1)
+    file_id, manifest = build(data)
+    parts = chunks_of(data)
+    entry = store.begin(file_id, manifest, "/somewhere/out.bin")
+    assert not entry.complete
+    assert entry.directory == data_dir / "partial" / file_id
+    assert entry.output == "/somewhere/out.bin"
+    assert (entry.directory / "data").stat().st_size == len(data)  # sparse, full length
+    for index in (4, 0, 2, 3, 1):
+        assert store.write_chunk(entry, index, parts[index]) is True
+        assert store.read_chunk(entry, index) == parts[index]
+        assert listing(data_dir / "files") == []
+    assert store.write_chunk(entry, 2, parts[2]) is False  # already held
+    assert entry.have.complete
+    assert store.finish(entry) is entry
+    assert entry.complete
+    assert entry.directory == data_dir / "files" / file_id
+    assert (entry.directory / "data").read_bytes() == data
+    assert listing(entry.directory) == ["data", "manifest.pb"]
+    assert listing(data_dir / "partial") == []
+    assert store.read_chunk(entry, 4) == parts[4]
+    assert store.finish(entry) is entry  # idempotent once complete
+
+
+def test_begin_returns_existing_and_updates_output(store: Store, data_dir: Path) -> None:
+    file_id, manifest = build(pattern(2 * CS))
+    entry = store.begin(file_id, manifest, "/a")
+    assert store.begin(file_id, manifest, "/b") is entry
+    assert entry.output == "/b"
+    assert (entry.directory / "output").read_text() == "/b"
+    assert store.begin(file_id, manifest, "") is entry
+    assert entry.output == "/b"
+
+
+def test_begin_rejects_manifest_not_matching_id(store: Store, data_dir: Path) -> None:
+    _, manifest = build(pattern(2 * CS))
+    with pytest.raises(ValueError):
+        store.begin("0" * 64, manifest, "")
+    assert listing(data_dir / "partial") == []
+    assert store.entries() == []
+
+
+def test_read_chunk_not_held(store: Store) -> None:
+    file_id, manifest = build(pattern(2 * CS))
+    entry = store.begin(file_id, manifest, "")
+    with pytest.raises(StoreError, match="not held"):
+        store.read_chunk(entry, 0)
+
+
+def test_have_file_tracks_written_chunks(store: Store) -> None:
+    data = pattern(10 * CS)
+    file_id, manifest = build(data)
+    entry = store.begin(file_id, manifest, "")
+    parts = chunks_of(data)
+    for index in (0, 9, 3):
+        store.write_chunk(entry, index, parts[index])
+    assert (entry.directory / "have").read_bytes() == bytes([0b0000_1001, 0b0000_0010])
+
+
+def test_finish_with_missing_chunk(store: Store, data_dir: Path) -> None:
+    data = pattern(3 * CS)
+    file_id, manifest = build(data)
+    entry = store.begin(file_id, manifest, "")
+    parts = chunks_of(data)
+    store.write_chunk(entry, 0, parts[0])
+    store.write_chunk(entry, 2, parts[2])
+    with pytest.raises(StoreError, match="missing chunks"):
+        store.finish(entry)
+    assert not entry.complete
+    assert listing(data_dir / "files") == []
+
+
+def test_finish_detects_corrupted_data(store: Store, data_dir: Path) -> None:
+    data = pattern(3 * CS + 5, seed=4)
+    file_id, manifest = build(data)
+    entry = store.begin(file_id, manifest, "")
+    for index, part in enumerate(chunks_of(data)):
+        store.write_chunk(entry, index, part)
+    with open(entry.directory / "data", "r+b") as raw:  # flip a byte of chunk 1 behind the store's back
+        raw.seek(CS + 100)
+        byte = raw.read(1)
+        raw.seek(CS + 100)
+        raw.write(bytes([byte[0] ^ 0xFF]))
+    with pytest.raises(StoreError, match="whole-file hash mismatch"):
+        store.finish(entry)
+    assert not entry.complete
+    assert listing(data_dir / "files") == []
+    assert listing(data_dir / "partial") == []  # dropped, so a retry starts clean
+    assert store.get(file_id) is None
+
+
+def test_remove_deletes_partial(store: Store, data_dir: Path) -> None:
+    data = pattern(2 * CS)
+    file_id, manifest = build(data)
+    entry = store.begin(file_id, manifest, "")
+    store.write_chunk(entry, 0, chunks_of(data)[0])  # opens the cached fd
+    store.remove(file_id)
+    assert store.get(file_id) is None
+    assert entry.fd == -1
+    assert listing(data_dir / "partial") == []
+    store.remove(file_id)  # removing twice is harmless
+
+
+# ---- resume -------------------------------------------------------------------------------------
+
+
+def test_resume_reloads_partial(data_dir: Path, opened: list[Store]) -> None:
+    data = pattern(5 * CS - 3, seed=7)
+    file_id, manifest = build(data)
+    parts = chunks_of(data)
+    first = reopen(data_dir, opened)
+    entry = first.begin(file_id, manifest, "/out/file.bin")
+    for index in (4, 1, 2):
+        first.write_chunk(entry, index, parts[index])
+    first.close()
+
+    second = reopen(data_dir, opened)
+    resumed = second.get(file_id)
+    assert resumed is not None
+    assert not resumed.complete
+    assert resumed.have.count == 3
+    assert [i for i in range(5) if i in resumed.have] == [1, 2, 4]
+    assert resumed.output == "/out/file.bin"
+    assert resumed.manifest == manifest
+    for index in (4, 1, 2):
+        assert second.read_chunk(resumed, index) == parts[index]
+    for index in (0, 3):
+        assert second.write_chunk(resumed, index, parts[index])
+    second.finish(resumed)
+    assert (data_dir / "files" / file_id / "data").read_bytes() == data
+
+
+def test_resume_reloads_complete_files(data_dir: Path, tmp_path: Path, opened: list[Store]) -> None:
+    source = tmp_path / "src"
+    source.write_bytes(pattern(2 * CS + 1))
+    entry = reopen(data_dir, opened).publish(source, "kept", CS)
+    again = reopen(data_dir, opened).get(entry.file_id)
+    assert again is not None
+    assert again.complete and again.have.complete
+    assert again.manifest == entry.manifest
+
+
+def test_garbage_entries_discarded_on_open(data_dir: Path, opened: list[Store]) -> None:
+    file_id, manifest = build(pattern(2 * CS))
+    bad_id = build(pattern(2 * CS, seed=99))[0]
+    for kind in ("files", "partial"):
+        (data_dir / kind / "not-an-id").mkdir(parents=True)
+    # A well-formed manifest stored under the wrong id.
+    (data_dir / "partial" / bad_id).mkdir()
+    (data_dir / "partial" / bad_id / "manifest.pb").write_bytes(manifest.SerializeToString())
+    # A complete file whose data is the wrong size.
+    (data_dir / "files" / file_id).mkdir()
+    (data_dir / "files" / file_id / "manifest.pb").write_bytes(manifest.SerializeToString())
+    (data_dir / "files" / file_id / "data").write_bytes(b"short")
+    store = reopen(data_dir, opened)
+    assert store.entries() == []
+    assert listing(data_dir / "files") == []
+    assert listing(data_dir / "partial") == []
+
+
+def test_partial_with_wrong_length_have_discarded(data_dir: Path, opened: list[Store]) -> None:
+    file_id, manifest = build(pattern(3 * CS))
+    entry = reopen(data_dir, opened).begin(file_id, manifest, "")
+    (entry.directory / "have").write_bytes(b"\x00\x00\x00")
+    assert reopen(data_dir, opened).get(file_id) is None
+    assert listing(data_dir / "partial") == []
+
+
+@pytest.mark.parametrize("kind", ["files", "partial"])
+def test_unparseable_manifest_discarded_on_open(data_dir: Path, opened: list[Store], kind: str) -> None:
+    file_id, manifest = build(pattern(2 * CS))
+    good_id, good_manifest = build(pattern(CS, seed=5))
+    reopen(data_dir, opened).begin(good_id, good_manifest, "")
+    broken = data_dir / kind / file_id
+    broken.mkdir(parents=True)
+    (broken / "manifest.pb").write_bytes(b"\xff\xff\xff garbage")
+    (broken / "data").write_bytes(pattern(2 * CS))
+    (broken / "have").write_bytes(b"\x00")
+    store = reopen(data_dir, opened)
+    assert store.get(file_id) is None
+    assert not broken.exists()
+    assert store.get(good_id) is not None  # the healthy entry still loads
+
+
+# ---- export -------------------------------------------------------------------------------------
+
+
+def test_export_writes_through_temp_and_replace(store: Store, tmp_path: Path) -> None:
+    data = pattern(2 * CS + 9, seed=3)
+    source = tmp_path / "src"
+    source.write_bytes(data)
+    entry = store.publish(source, "x", CS)
+    out_dir = tmp_path / "out"
+    out_dir.mkdir()
+    output = out_dir / "result.bin"
+    output.write_bytes(b"old contents to be replaced")
+    old_inode = output.stat().st_ino
+    store.export(entry, output)
+    assert output.read_bytes() == data
+    assert output.stat().st_ino != old_inode  # a rename over the old file, not an in-place rewrite
+    assert listing(out_dir) == ["result.bin"]
+    assert not any(".shoal-" in name for name in listing(out_dir))
+
+
+def test_export_uses_a_hidden_temp_name(store: Store, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    source = tmp_path / "src"
+    source.write_bytes(pattern(CS))
+    entry = store.publish(source, "x", CS)
+    output = tmp_path / "result.bin"
+    seen: list[tuple[str, str]] = []
+    real_replace = os.replace
+
+    def spy(src: str | os.PathLike[str], dst: str | os.PathLike[str]) -> None:
+        seen.append((os.fspath(src), os.fspath(dst)))
+        real_replace(src, dst)
+
+    monkeypatch.setattr(os, "replace", spy)
+    store.export(entry, output)
+    assert len(seen) == 1
+    src, dst = seen[0]
+    assert Path(dst) == output
+    assert Path(src).parent == tmp_path
+    assert Path(src).name.startswith(".result.bin.shoal-")
+
+
+def test_export_to_missing_directory(store: Store, tmp_path: Path) -> None:
+    source = tmp_path / "src"
+    source.write_bytes(pattern(CS))
+    entry = store.publish(source, "x", CS)
+    with pytest.raises(StoreError, match="output directory does not exist"):
+        store.export(entry, tmp_path / "missing" / "out.bin")
+    assert not (tmp_path / "missing").exists()
+
+
+def test_export_onto_a_directory_cleans_temp(store: Store, tmp_path: Path) -> None:
+    source = tmp_path / "src"
+    source.write_bytes(pattern(CS))
+    entry = store.publish(source, "x", CS)
+    out_dir = tmp_path / "out"
+    (out_dir / "taken").mkdir(parents=True)
+    (out_dir / "taken" / "inside").write_bytes(b"keep")
+    with pytest.raises(StoreError):
+        store.export(entry, out_dir / "taken")
+    assert listing(out_dir) == ["taken"]
+
+
+def test_export_partial_refused(store: Store, tmp_path: Path) -> None:
+    file_id, manifest = build(pattern(CS))
+    entry = store.begin(file_id, manifest, "")
+    with pytest.raises(StoreError, match="not complete"):
+        store.export(entry, tmp_path / "out.bin")
+    assert not (tmp_path / "out.bin").exists()
