@@ -2,11 +2,19 @@ VENV ?= .venv
 PY = $(VENV)/bin/python
 PYTEST_ARGS ?=
 BENCH_ARGS ?=
+# Image `make image` builds, and the base it builds on (empty: Debian bookworm minbase from debootstrap).
+IMAGE ?= shoal:dev
+BASE_IMAGE ?=
 
 PROTOS = $(sort $(wildcard protos/shoal/v1/*.proto))
 GEN_DIR = services/shoal/v1
+CHART = charts/shoal
+HELM = .cache/k8s-tools/bin/helm
+# Every values scenario the chart is linted with, relative to the chart.
+CHART_VALUES = values.yaml values-kind.yaml values-eks.yaml \
+	$(patsubst $(CHART)/%,%,$(sort $(wildcard $(CHART)/ci/*-values.yaml)))
 LINT_PATHS = $(wildcard services tests bench tools)
-TYPECHECK_PATHS = $(wildcard services/shoal tests bench)
+TYPECHECK_PATHS = $(wildcard services/shoal tests bench tools)
 # The one protoc command; $(1) is the output root (the package lands in $(1)/shoal/v1).
 PROTOC = $(PY) -m grpc_tools.protoc -Iprotos --python_out=$(1) --grpc_python_out=$(1) \
 	--mypy_out=quiet:$(1) --plugin=protoc-gen-mypy=$(VENV)/bin/protoc-gen-mypy $(PROTOS)
@@ -99,10 +107,10 @@ test-integration: venv system-deps
 test-faults: venv system-deps
 	$(PY) -m pytest -q -m faults $(PYTEST_ARGS)
 
-# Run the metrics suite against a real Prometheus.
+# Run the metrics suite: collectors and exporter, then every dashboard query against a real Prometheus.
 .PHONY: test-metrics
 test-metrics: venv system-deps
-	$(PY) -m pytest -q -m metrics $(PYTEST_ARGS)
+	$(PY) -m pytest -q tests/metrics $(PYTEST_ARGS)
 
 # Check formatting, lint and run the tests.
 .PHONY: precheck
@@ -118,10 +126,57 @@ demo: venv
 bench-pair: venv system-deps
 	$(PY) bench/pair.py $(BENCH_ARGS)
 
+# Benchmark one seeder and N leechers in network namespaces with tc-capped uplinks (root; BENCH_ARGS="--n 4,8").
+.PHONY: bench-swarm
+bench-swarm: venv system-deps
+	$(PY) -m bench.swarm $(BENCH_ARGS)
+
 # Fetch helm and kubectl into .cache/k8s-tools/bin.
 .PHONY: k8s-tools
 k8s-tools:
 	bash tools/fetch-k8s-tools.sh
+
+# Install and start the Docker engine (Debian's docker.io) unless it is running.
+.PHONY: docker-engine
+docker-engine:
+	bash tools/docker-engine.sh start
+
+# Build the image with no registry: debootstrap base and a wheelhouse (IMAGE=shoal:dev, BASE_IMAGE=...).
+.PHONY: image
+image: venv
+	IMAGE=$(IMAGE) BASE_IMAGE=$(BASE_IMAGE) PY=$(PY) bash tools/build-image.sh
+
+# Copy dashboards/shoal.json into the chart (Helm reads only files inside the chart).
+.PHONY: chart-dashboard
+chart-dashboard: $(CHART)/dashboards/shoal.json
+
+$(CHART)/dashboards/shoal.json: dashboards/shoal.json
+	mkdir -p $(@D)
+	cp $< $@
+
+# Lint the chart strictly and render it with every values scenario.
+.PHONY: chart-lint
+chart-lint: k8s-tools chart-dashboard
+	for values in $(CHART_VALUES); do \
+		echo "chart-lint: $$values"; \
+		$(HELM) lint --strict --quiet $(CHART) -f $(CHART)/$$values; \
+		$(HELM) template shoal $(CHART) -f $(CHART)/$$values --kube-version 1.33.0 >/dev/null; \
+	done
+
+# Test the chart: every object valid for Kubernetes 1.33 (strict), and what each scenario renders.
+.PHONY: chart-test
+chart-test: venv k8s-tools chart-dashboard
+	$(PY) -m pytest -q -m chart tests/chart $(PYTEST_ARGS)
+
+# Rehearse the chart on Docker: its pods as containers of the image, put/get, metrics, a tracker lost.
+.PHONY: rehearsal
+rehearsal: venv k8s-tools
+	$(PY) -m pytest -q -m rehearsal tests/chart $(PYTEST_ARGS)
+
+# Install the chart on a throwaway kind cluster and round-trip a file (needs Docker, kind and a registry).
+.PHONY: e2e-kind
+e2e-kind: image k8s-tools
+	IMAGE=$(IMAGE) bash tools/e2e-kind.sh
 
 # Remove caches and build outputs (keeps the virtualenv; rm -rf .venv by hand for a new one).
 .PHONY: clean

@@ -8,6 +8,7 @@ import json
 import logging
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -69,6 +70,21 @@ def print_metrics(swarm: LocalSwarm, config: Path) -> None:
     dashboard = Path(__file__).resolve().parents[2] / "dashboards" / "shoal.json"
     if dashboard.exists():
         print(f"grafana dashboard: {dashboard} (pick a Prometheus data source for ${{datasource}})")
+
+
+def wait_for_stop() -> None:
+    """Sleep until SIGINT or SIGTERM (SIGINT too when started in the background, where it is ignored)."""
+
+    def stop(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt
+
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, stop)
+    try:
+        while True:
+            time.sleep(3600)
+    except KeyboardInterrupt:
+        pass
 
 
 def run_demo(args: argparse.Namespace) -> int:
@@ -147,12 +163,8 @@ def run_demo(args: argparse.Namespace) -> int:
         )
         if scrape is not None:
             print_metrics(swarm, scrape)
-            print("\nswarm left running for Prometheus/Grafana; Ctrl-C to stop")
-            try:
-                while True:
-                    time.sleep(3600)
-            except KeyboardInterrupt:
-                pass
+            print("\nswarm left running for Prometheus/Grafana; Ctrl-C (or SIGTERM) to stop", flush=True)
+            wait_for_stop()
     finally:
         codes = swarm.stop()
         unclean = {name: code for name, code in codes.items() if code != 0}

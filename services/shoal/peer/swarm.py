@@ -207,7 +207,10 @@ class Download:
         self._picker = Picker(entry.have)
         self.add_sources(list(self.node.known.get(self.file_id, {}).values()))
         last_tracker = time.monotonic()
-        while not entry.have.complete:
+        picker = self._picker
+        # End on the picker's count, not the bitfield: a chunk written by a worker thread is only
+        # accounted (bytes, sources, latency) once its fetch task records it.
+        while picker.missing and not (entry.have.complete and not picker.inflight):
             if self._failure is not None:
                 raise self._failure
             now = time.monotonic()
@@ -365,12 +368,14 @@ class Download:
             if reply.bitfield:
                 self.update_bitfield(source.peer_id, reply.bitfield, complete=reply.source_complete)
             if index in entry.have:
-                return  # endgame loser that arrived anyway
+                picker.completed(index)  # endgame loser that arrived anyway
+                return
             verdict = await asyncio.to_thread(self._verify_and_write, entry, index, reply.data)
             if verdict is None:
                 self._rejected(source, index)
                 return
             if not verdict:
+                picker.completed(index)
                 return
             self._accepted(source, index, len(reply.data), elapsed, reply.source_complete)
             node.observer.chunk_fetched(elapsed, len(reply.data))
