@@ -21,6 +21,8 @@ logger = logging.getLogger(__name__)
 
 T = TypeVar("T")
 
+MERGE_GRACE = 0.25  # seconds other replicas get to join a merged answer once one has answered
+
 
 class TrackersUnavailable(Exception):
     """No tracker replica answered."""
@@ -34,6 +36,7 @@ class _Replica:
         self.up = False
         self.failures = 0
         self.next_announce = 0.0
+        self.in_flight: asyncio.Task[None] | None = None
 
 
 async def resolve(spec: str) -> list[str]:
@@ -90,7 +93,10 @@ class TrackerClient:
             self._replicas[address] = _Replica(address)
         for address in set(self._replicas) - wanted:
             logger.info("tracker replica %s gone", address)
-            await self._replicas.pop(address).channel.close(None)
+            gone = self._replicas.pop(address)
+            if gone.in_flight is not None:
+                gone.in_flight.cancel()
+            await gone.channel.close(None)
 
     def _announcement(self) -> tracker_pb2.AnnounceRequest:
         files = []
@@ -123,12 +129,27 @@ class TrackerClient:
             self.interval = reply.interval_seconds
         replica.next_announce = time.monotonic() + self.interval * random.uniform(0.9, 1.0)
 
-    async def announce_all(self, *, force: bool = False) -> None:
-        """Announce full state to every replica that is due (or all, when forced)."""
-        request = self._announcement()
+    async def announce_all(self, *, force: bool = False, wait: bool = False) -> None:
+        """Announce full state to every replica that is due (or all, when forced).
+
+        Each replica's announce runs on its own, so a hung replica never delays the others' leases.
+        """
         now = time.monotonic()
-        due = [r for r in self._replicas.values() if force or r.next_announce <= now]
-        await asyncio.gather(*(self._announce_one(r, request) for r in due))
+        due = [
+            r
+            for r in self._replicas.values()
+            if (r.in_flight is None or r.in_flight.done()) and (force or r.next_announce <= now)
+        ]
+        if not due:
+            return
+        request = self._announcement()
+        started = []
+        for replica in due:
+            replica.next_announce = now + net.TRACKER_DEADLINE  # not due again while this one runs
+            replica.in_flight = asyncio.create_task(self._announce_one(replica, request))
+            started.append(replica.in_flight)
+        if wait and started:
+            await asyncio.gather(*started, return_exceptions=True)
 
     async def run(self) -> None:
         """Announce loop: keeps leases fresh, re-resolves names, announces at once on changes."""
@@ -142,7 +163,8 @@ class TrackerClient:
             self._node.announce_now.clear()
             await self.announce_all(force=force)
             wake = min((r.next_announce for r in self._replicas.values()), default=now + 1.0)
-            timeout = max(0.05, wake - time.monotonic())
+            # Capped so a replica whose announce just finished is rescheduled promptly.
+            timeout = min(0.25, max(0.05, wake - time.monotonic()))
             try:
                 await asyncio.wait_for(self._node.announce_now.wait(), timeout)
             except TimeoutError:
@@ -163,6 +185,8 @@ class TrackerClient:
     async def close(self) -> None:
         """Close every channel."""
         for replica in self._replicas.values():
+            if replica.in_flight is not None:
+                replica.in_flight.cancel()
             await replica.channel.close(None)
 
     async def _ask_all(self, call: Callable[[tracker_pb2_grpc.TrackerStub], Awaitable[T]]) -> list[T]:
@@ -173,14 +197,30 @@ class TrackerClient:
         async def one(replica: _Replica) -> T:
             return await net.with_retries(lambda: call(replica.stub), attempts=2, what=replica.address)
 
-        results = await asyncio.gather(*(one(r) for r in replicas), return_exceptions=True)
-        answers = [r for r in results if not isinstance(r, BaseException)]
+        # Ask every replica at once; once one has answered, give the others a moment to add to the
+        # merge, but never wait out a dead replica's deadline (that is the failover).
+        pending = {asyncio.create_task(one(r)) for r in replicas}
+        answers: list[T] = []
+        errors: list[BaseException] = []
+        grace_ends: float | None = None
+        try:
+            while pending:
+                timeout = None if grace_ends is None else max(0.0, grace_ends - time.monotonic())
+                done, pending = await asyncio.wait(pending, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+                if not done:
+                    break
+                for task in done:
+                    if task.exception() is None:
+                        answers.append(task.result())
+                    else:
+                        errors.append(task.exception())  # type: ignore[arg-type]
+                if answers and grace_ends is None:
+                    grace_ends = time.monotonic() + MERGE_GRACE
+        finally:
+            for task in pending:
+                task.cancel()
         if not answers:
-            reasons = {
-                r.code().name if isinstance(r, grpc.aio.AioRpcError) else type(r).__name__
-                for r in results
-                if isinstance(r, BaseException)
-            }
+            reasons = {r.code().name if isinstance(r, grpc.aio.AioRpcError) else type(r).__name__ for r in errors}
             raise TrackersUnavailable(
                 f"no tracker answered ({', '.join(sorted(reasons)) or 'none configured'}): {', '.join(self._specs)}"
             )
