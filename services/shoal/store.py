@@ -33,6 +33,10 @@ class StoreError(Exception):
     """A store operation failed in a way the user should be told about."""
 
 
+class CorruptChunk(StoreError):
+    """Bytes on disk no longer match the manifest."""
+
+
 @dataclass
 class Entry:
     """One file in the store, complete or partial."""
@@ -196,11 +200,19 @@ class Store:
             return entry.fd
 
     def read_chunk(self, entry: Entry, index: int) -> bytes:
-        """Read a chunk this peer has verified."""
+        """Read a chunk this peer has verified.
+
+        A complete file with another hard link (an exported copy) could have been edited through
+        that link, so its chunks are re-verified before they leave; a mismatch raises CorruptChunk.
+        """
         if index not in entry.have:
             raise StoreError(f"chunk {index} not held")
         offset, length = content.chunk_span(entry.manifest, index)
-        return os.pread(self._fd(entry, writable=not entry.complete), length, offset)
+        fd = self._fd(entry, writable=not entry.complete)
+        data = os.pread(fd, length, offset)
+        if entry.complete and os.fstat(fd).st_nlink > 1 and not content.chunk_ok(entry.manifest, index, data):
+            raise CorruptChunk(f"chunk {index} of {entry.file_id} changed on disk (edited through an exported link?)")
+        return data
 
     def write_chunk(self, entry: Entry, index: int, data: bytes) -> bool:
         """Write a verified chunk, then record it in the on-disk bitfield; False if already held."""
@@ -273,6 +285,8 @@ class Store:
         parent = output.parent
         if not parent.is_dir():
             raise StoreError(f"output directory does not exist: {parent}")
+        if output.is_symlink() or (output.exists() and not output.is_file()):
+            raise StoreError(f"output exists and is not a regular file: {output}")
         tmp = parent / f".{output.name}.shoal-{uuid.uuid4().hex[:8]}"
         try:
             try:

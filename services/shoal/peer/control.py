@@ -81,6 +81,8 @@ class ControlServicer(control_pb2_grpc.ControlServicer):
                 raise StoreError(f"output directory does not exist: {output.parent}")
             if output is not None and output.is_dir():
                 raise StoreError(f"output is a directory: {output}")
+            if output is not None and (output.is_symlink() or (output.exists() and not output.is_file())):
+                raise StoreError(f"output exists and is not a regular file: {output}")
         except (content.ContentError, StoreError) as err:
             await _fail(context, err)
         started = time.monotonic()

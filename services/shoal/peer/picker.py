@@ -13,6 +13,7 @@ from shoal.content import Bitfield
 logger = logging.getLogger(__name__)
 
 ENDGAME_MAX_REQUESTERS = 3
+ENDGAME_CHUNKS = 8  # duplicate requests only once this few chunks are missing and all are in flight
 _SCAN_LIMIT = 4096  # candidates examined per pick; bounds cost on huge files
 
 
@@ -97,8 +98,8 @@ class Picker:
                 break
         if best:
             return self._rng.choice(best)
-        if len(self.inflight) < len(self.missing):
-            return None  # other chunks are still free, just not at this source
+        if len(self.inflight) < len(self.missing) or len(self.missing) > ENDGAME_CHUNKS:
+            return None  # other chunks are still free (or too many left to duplicate)
         # Endgame: every missing chunk is in flight; duplicate the least-requested one this source has.
         candidates = [
             i

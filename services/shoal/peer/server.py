@@ -9,7 +9,7 @@ import grpc
 
 from shoal import content
 from shoal.peer.node import Node
-from shoal.store import Entry, StoreError
+from shoal.store import CorruptChunk, Entry, StoreError
 from shoal.v1 import peer_pb2, peer_pb2_grpc
 
 logger = logging.getLogger(__name__)
@@ -62,6 +62,11 @@ class PeerServicer(peer_pb2_grpc.PeerServicer):
             await node.upload_bucket.take(length)
             try:
                 data = await asyncio.to_thread(node.store.read_chunk, entry, request.index)
+            except CorruptChunk as err:
+                logger.error("%s; dropping the file from this peer", err)
+                await asyncio.to_thread(node.store.remove, entry.file_id)
+                node.announce_now.set()
+                await context.abort(grpc.StatusCode.DATA_LOSS, str(err))
             except (StoreError, OSError) as err:
                 logger.warning("cannot read chunk %d of %s: %s", request.index, entry.file_id, err)
                 await context.abort(grpc.StatusCode.INTERNAL, f"cannot read chunk: {err}")

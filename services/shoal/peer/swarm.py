@@ -31,10 +31,12 @@ logger = logging.getLogger(__name__)
 
 BAN_AFTER_BAD_CHUNKS = 3
 DEAD_AFTER_FAILURES = 3
-EXCHANGE_PERIOD = 0.5
+EXCHANGE_PERIOD = 1.0  # bitfields also ride on every chunk reply, so this only needs to catch idle sources
 TRACKER_REFRESH = 3.0
 STALL_TIMEOUT = 60.0  # no source and no progress this long: give up
-SOURCE_STALL = 5.0  # a source with requests in flight that sends nothing this long is treated as dead
+SOURCE_STALL = 5.0  # floor of the stall timeout: a source that sends nothing this long past its usual pace is dead
+FAST_CHUNK = 0.5  # a chunk arriving quicker than this opens the source's request window by one
+SLOW_CHUNK = 1.5  # one slower than this closes it by one (down to a single request)
 
 
 class DownloadError(Exception):
@@ -61,6 +63,14 @@ class Source:
     dead_until: float = 0.0
     busy_until: float = 0.0
     last_activity: float = 0.0
+    window: int = 2  # requests allowed in flight; grows on fast chunks, shrinks on slow ones
+
+    def stall_timeout(self, length: int) -> float:
+        """How long to wait for the next chunk before calling the source hung: its own pace, with margin."""
+        if self.rate <= 0:
+            return net.CHUNK_DEADLINE
+        return max(SOURCE_STALL, 3 * length / self.rate)
+
     exchange_task: asyncio.Task[None] | None = None
     fetches: dict[int, asyncio.Task[None]] = field(default_factory=dict)
 
@@ -102,6 +112,7 @@ class Download:
         self._started = time.monotonic()
         self._max_peers = node.config.max_peers
         self._per_peer = node.config.requests_per_peer
+        self._chunk_size = 1
         self._failure: BaseException | None = None
         self._digest = hashlib.sha256()
         self._hashed = 0  # chunks fed to _digest, in order
@@ -205,6 +216,7 @@ class Download:
 
     async def _swarm(self, entry: Entry) -> None:
         self._picker = Picker(entry.have)
+        self._chunk_size = int(entry.manifest.chunk_size)
         self.add_sources(list(self.node.known.get(self.file_id, {}).values()))
         last_tracker = time.monotonic()
         picker = self._picker
@@ -281,7 +293,11 @@ class Download:
     def _drop_stalled(self, now: float) -> None:
         """A source that hangs (no RST, e.g. SIGSTOP) or crawls: hand its in-flight chunks to others."""
         for source in list(self._sources.values()):
-            if source.inflight and not source.banned and now - source.last_activity > SOURCE_STALL:
+            if (
+                source.inflight
+                and not source.banned
+                and now - source.last_activity > source.stall_timeout(self._chunk_size)
+            ):
                 logger.warning(
                     "source %s sent nothing for %.0fs with %d requests in flight; switching",
                     source.info.address,
@@ -298,7 +314,7 @@ class Download:
         for source in sorted(self._usable(), key=lambda s: (bool(zone) and s.info.zone != zone, -s.rate)):
             if source.busy_until > now:
                 continue
-            while source.inflight < self._per_peer:
+            while source.inflight < min(source.window, self._per_peer):
                 index = picker.pick(source.peer_id)
                 if index is None:
                     break
@@ -352,7 +368,7 @@ class Download:
     def _deadline(self, source: Source, length: int) -> float:
         if source.rate <= 0:
             return net.CHUNK_DEADLINE
-        return max(4.0, min(net.CHUNK_DEADLINE, 4 * length * self._per_peer / source.rate))
+        return max(4.0, min(net.CHUNK_DEADLINE, 4 * source.stall_timeout(length)))
 
     async def _fetch(self, source: Source, index: int) -> None:
         picker = self._picker
@@ -383,7 +399,9 @@ class Download:
             raise
         except grpc.aio.AioRpcError as err:
             code = err.code()
-            if code == grpc.StatusCode.RESOURCE_EXHAUSTED:
+            if code == grpc.StatusCode.RESOURCE_EXHAUSTED and "larger than max" in (err.details() or ""):
+                self._rejected(source, index)  # an oversized reply is a lie, not a busy peer
+            elif code == grpc.StatusCode.RESOURCE_EXHAUSTED:
                 source.busy_until = time.monotonic() + random.uniform(0.1, 0.4)
             elif code == grpc.StatusCode.NOT_FOUND:
                 picker.drop_chunk(source.peer_id, index)
@@ -433,6 +451,10 @@ class Download:
         source.received += nbytes
         sample = nbytes / elapsed
         source.rate = sample if source.rate <= 0 else 0.7 * source.rate + 0.3 * sample
+        if elapsed < FAST_CHUNK:
+            source.window = min(self._per_peer, source.window + 1)
+        elif elapsed > SLOW_CHUNK:
+            source.window = max(1, source.window - 1)
         node.stats.downloaded_bytes += nbytes
         node.stats.chunks_verified += 1
         if complete:
