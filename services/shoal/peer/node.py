@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from shoal.config import PeerConfig
+from shoal.peer.superseed import SuperSeeder
 from shoal.ratelimit import TokenBucket
 from shoal.store import Store
 from shoal.v1 import common_pb2
@@ -65,6 +66,7 @@ class Node:
         self.download_bucket = TokenBucket(config.download_limit)
         self.downloads: dict[str, Download] = {}
         self.known: dict[str, dict[str, common_pb2.PeerInfo]] = {}
+        self.superseeders: dict[str, SuperSeeder] = {}
         self.announce_now = asyncio.Event()
         self.draining = False
 

@@ -9,10 +9,13 @@ import grpc
 
 from shoal import content
 from shoal.peer.node import Node
+from shoal.peer.superseed import SuperSeeder
 from shoal.store import CorruptChunk, Entry, StoreError
 from shoal.v1 import peer_pb2, peer_pb2_grpc
 
 logger = logging.getLogger(__name__)
+
+PIGGYBACK_MAX_CHUNKS = 32768  # bitfields ride on chunk replies for files up to this many chunks (4 KiB)
 
 
 async def _entry(node: Node, file_id: str, context: grpc.aio.ServicerContext) -> Entry:
@@ -24,6 +27,23 @@ async def _entry(node: Node, file_id: str, context: grpc.aio.ServicerContext) ->
     if entry is None:
         await context.abort(grpc.StatusCode.NOT_FOUND, f"file {canonical} not held here")
     return entry
+
+
+def _seeder(node: Node, entry: Entry) -> SuperSeeder:
+    seeder = node.superseeders.get(entry.file_id)
+    if seeder is None:
+        seeder = node.superseeders[entry.file_id] = SuperSeeder(entry.have.size)
+    return seeder
+
+
+def _advertised(node: Node, entry: Entry, peer_id: str, theirs: content.Bitfield | None = None) -> bytes:
+    """The bitfield to show a caller: everything held, or a complete holder's super-seeding offer."""
+    if not entry.complete:
+        return entry.have.to_bytes()
+    seeder = _seeder(node, entry)
+    seeder.saw(peer_id, theirs)
+    offered = seeder.offer(peer_id)
+    return (offered or entry.have).to_bytes()
 
 
 class PeerServicer(peer_pb2_grpc.PeerServicer):
@@ -72,7 +92,9 @@ class PeerServicer(peer_pb2_grpc.PeerServicer):
                 await context.abort(grpc.StatusCode.INTERNAL, f"cannot read chunk: {err}")
             node.stats.uploaded_bytes += len(data)
             node.stats.chunks_uploaded += 1
-            bits = entry.have.to_bytes() if len(entry.manifest.chunk_sha256) <= 32768 else b""
+            if complete:
+                _seeder(node, entry).served(request.index)
+            bits = _advertised(node, entry, request.peer_id) if nchunks <= PIGGYBACK_MAX_CHUNKS else b""
             return peer_pb2.GetChunkResponse(data=data, source_complete=complete, bitfield=bits)
         finally:
             node.stats.active_uploads -= 1
@@ -90,8 +112,14 @@ class PeerServicer(peer_pb2_grpc.PeerServicer):
                 download.update_bitfield(caller.peer_id, request.bitfield, complete=False)
         if request.known:
             node.learn(entry.file_id, list(request.known)[:100])
+        theirs = None
+        if entry.complete and request.bitfield:
+            try:
+                theirs = content.Bitfield(entry.have.size, request.bitfield)
+            except content.ContentError:
+                theirs = None
         return peer_pb2.ExchangeResponse(
-            bitfield=entry.have.to_bytes(),
+            bitfield=_advertised(node, entry, caller.peer_id, theirs),
             complete=entry.complete,
             known=node.sample_known(entry.file_id),
         )
