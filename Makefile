@@ -131,6 +131,11 @@ bench-pair: venv system-deps
 bench-swarm: venv system-deps
 	$(PY) -m bench.swarm $(BENCH_ARGS)
 
+# Benchmark one tracker against 10,000 simulated peers: paced announces, GetPeers latency, saturation (BENCH_ARGS="--peers 15000").
+.PHONY: bench-tracker
+bench-tracker: venv
+	$(PY) -m bench.tracker_load $(BENCH_ARGS)
+
 # Fetch helm and kubectl into .cache/k8s-tools/bin.
 .PHONY: k8s-tools
 k8s-tools:

@@ -21,6 +21,7 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 MAX_KNOWN_PER_FILE = 200
+PEX_FRESH_SECONDS = 15.0  # only holders heard from this recently are passed on to other peers
 
 
 @dataclass
@@ -66,6 +67,7 @@ class Node:
         self.download_bucket = TokenBucket(config.download_limit)
         self.downloads: dict[str, Download] = {}
         self.known: dict[str, dict[str, common_pb2.PeerInfo]] = {}
+        self.heard: dict[str, dict[str, float]] = {}  # file id -> peer id -> when last heard of directly
         self.superseeders: dict[str, SuperSeeder] = {}
         self.announce_now = asyncio.Event()
         self.draining = False
@@ -75,18 +77,31 @@ class Node:
         """This peer's id."""
         return self.info.peer_id
 
-    def learn(self, file_id: str, peers: list[common_pb2.PeerInfo]) -> list[common_pb2.PeerInfo]:
-        """Remember holders of a file (bounded); return the ones that were new."""
+    def learn(
+        self, file_id: str, peers: list[common_pb2.PeerInfo], *, direct: bool = True
+    ) -> list[common_pb2.PeerInfo]:
+        """Remember holders of a file (bounded); return the ones that were new.
+
+        `direct` means we heard from the peer itself or from a tracker, which renews it; a peer only
+        mentioned by another peer (exchange) is added but not renewed, so dead peers age out of PEX.
+        """
         known = self.known.setdefault(file_id, {})
+        heard = self.heard.setdefault(file_id, {})
+        now = time.monotonic()
         fresh = []
         for peer in peers:
             if not peer.peer_id or not peer.address or peer.peer_id == self.peer_id:
                 continue
             if peer.peer_id not in known:
                 fresh.append(peer)
+                heard[peer.peer_id] = now
+            elif direct:
+                heard[peer.peer_id] = now
             known[peer.peer_id] = peer
         while len(known) > MAX_KNOWN_PER_FILE:
-            known.pop(next(iter(known)))
+            oldest = min(known, key=lambda peer_id: heard.get(peer_id, 0.0))
+            known.pop(oldest)
+            heard.pop(oldest, None)
         download = self.downloads.get(file_id)
         if download is not None and fresh:
             download.add_sources(fresh)
@@ -95,8 +110,16 @@ class Node:
     def forget(self, file_id: str, peer_id: str) -> None:
         """Drop a holder we found dead or lying."""
         self.known.get(file_id, {}).pop(peer_id, None)
+        self.heard.get(file_id, {}).pop(peer_id, None)
+
+    def touch(self, file_id: str, peer_id: str) -> None:
+        """We just heard from this holder."""
+        if peer_id in self.known.get(file_id, {}):
+            self.heard.setdefault(file_id, {})[peer_id] = time.monotonic()
 
     def sample_known(self, file_id: str, limit: int = 50) -> list[common_pb2.PeerInfo]:
         """A random sample of known holders to pass on (peer exchange)."""
-        peers = list(self.known.get(file_id, {}).values())
+        heard = self.heard.get(file_id, {})
+        cutoff = time.monotonic() - PEX_FRESH_SECONDS
+        peers = [p for p in self.known.get(file_id, {}).values() if heard.get(p.peer_id, 0.0) >= cutoff]
         return random.sample(peers, min(limit, len(peers)))

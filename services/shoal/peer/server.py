@@ -93,7 +93,7 @@ class PeerServicer(peer_pb2_grpc.PeerServicer):
             node.stats.uploaded_bytes += len(data)
             node.stats.chunks_uploaded += 1
             if complete:
-                _seeder(node, entry).served(request.index)
+                _seeder(node, entry).served(request.index, request.peer_id)
             bits = _advertised(node, entry, request.peer_id) if nchunks <= PIGGYBACK_MAX_CHUNKS else b""
             return peer_pb2.GetChunkResponse(data=data, source_complete=complete, bitfield=bits)
         finally:
@@ -111,7 +111,7 @@ class PeerServicer(peer_pb2_grpc.PeerServicer):
             if download is not None and request.bitfield:
                 download.update_bitfield(caller.peer_id, request.bitfield, complete=False)
         if request.known:
-            node.learn(entry.file_id, list(request.known)[:100])
+            node.learn(entry.file_id, list(request.known)[:100], direct=False)
         theirs = None
         if entry.complete and request.bitfield:
             try:

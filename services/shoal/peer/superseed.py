@@ -19,7 +19,7 @@ logger = logging.getLogger(__name__)
 
 OFFER_CHUNKS = 4  # chunks offered to one downloader at a time
 RESERVE_SECONDS = 3.0  # a chunk offered to one downloader is not offered to another for this long
-ACTIVE_SECONDS = 10.0  # a downloader counts as active this long after its last request
+ACTIVE_SECONDS = 3.0  # a downloader counts as active this long after its last request
 
 
 class SuperSeeder:
@@ -49,13 +49,20 @@ class SuperSeeder:
         """A downloader called us (with its bitfield, when it sent one)."""
         if not peer_id:
             return
-        self._seen[peer_id] = self._clock()
         if bits is not None and bits.size == self.size:
+            if bits.complete:  # done: it no longer competes for this uplink
+                self._seen.pop(peer_id, None)
+                self._bits.pop(peer_id, None)
+                return
             self._bits[peer_id] = bits
+        self._seen[peer_id] = self._clock()
 
-    def served(self, index: int) -> None:
-        """A chunk left this peer."""
+    def served(self, index: int, peer_id: str = "") -> None:
+        """A chunk left this peer (for `peer_id`, which now holds it)."""
         self.sent[index] += 1
+        bits = self._bits.get(peer_id)
+        if bits is not None:
+            bits.set(index)
 
     def offer(self, peer_id: str) -> Bitfield | None:
         """The chunks to advertise to `peer_id`, or None to advertise everything."""

@@ -240,9 +240,21 @@ class Download:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), 0.25)
         await self._stop_all()
+        await self._farewell(entry)
         if self._hashing is not None:
             await self._hashing
         await asyncio.to_thread(self.node.store.finish, entry, self._digest, self._hashed)
+
+    async def _farewell(self, entry: Entry) -> None:
+        """Tell the sources we are complete (one last exchange), so they stop saving chunks for us."""
+        bitfield = entry.have.to_bytes()
+        sources = self._usable()
+
+        async def one(source: Source) -> None:
+            with contextlib.suppress(grpc.aio.AioRpcError, TimeoutError):
+                await asyncio.wait_for(source.link.exchange_with(self.file_id, self.node.info, bitfield, []), 1.0)
+
+        await asyncio.gather(*(one(s) for s in sources))
 
     async def _refresh_from_trackers(self) -> None:
         self.add_sources(await self._holders_from_trackers())
@@ -304,7 +316,7 @@ class Download:
                     now - source.last_activity,
                     source.inflight,
                 )
-                self._drop_dead(source, cool_off=10.0)
+                self._drop_dead(source, cool_off=3.0)
 
     def _dispatch(self) -> None:
         picker = self._picker
@@ -339,8 +351,9 @@ class Download:
                 )
                 source.failures = 0
                 self.update_bitfield(source.peer_id, reply.bitfield, complete=reply.complete)
+                self.node.touch(self.file_id, source.peer_id)
                 if reply.known:
-                    self.node.learn(self.file_id, list(reply.known)[:50])
+                    self.node.learn(self.file_id, list(reply.known)[:50], direct=False)
             except grpc.aio.AioRpcError as err:
                 if err.code() == grpc.StatusCode.NOT_FOUND:
                     logger.info("%s no longer holds %s", source.info.address, self.file_id[:12])

@@ -107,7 +107,9 @@ class TrackerClient:
 
     async def _announce_one(self, replica: _Replica, request: tracker_pb2.AnnounceRequest) -> None:
         try:
-            reply = await replica.stub.Announce(request, timeout=net.TRACKER_DEADLINE)
+            # wait_for_ready: a replica that just came back is reached as soon as the channel reconnects,
+            # instead of failing at once and waiting a whole interval (the deadline still bounds it).
+            reply = await replica.stub.Announce(request, timeout=net.TRACKER_DEADLINE, wait_for_ready=True)
         except grpc.aio.AioRpcError as err:
             if replica.up or replica.failures == 0:
                 logger.warning(
