@@ -8,7 +8,6 @@ died, a timeout, a hash mismatch) exits non-zero.
 from __future__ import annotations
 
 import argparse
-import hashlib
 import os
 import re
 import shutil
@@ -25,7 +24,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from types import FrameType
 
-PIECE = 4 * 1024 * 1024
+from shoal.demo import make_file, sha256_of
+
 MB = 1_000_000
 RSS_LIMIT_MB = 150.0
 THROUGHPUT_RATIO = 0.5
@@ -69,25 +69,8 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def write_random_file(path: Path, size: int) -> str:
-    """Stream `size` random bytes to disk in 4 MiB pieces; return their sha256."""
-    digest = hashlib.sha256()
-    with path.open("wb") as out:
-        left = size
-        while left:
-            piece = os.urandom(min(PIECE, left))
-            digest.update(piece)
-            out.write(piece)
-            left -= len(piece)
-    return digest.hexdigest()
-
-
-def sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as src:
-        while piece := src.read(PIECE):
-            digest.update(piece)
-    return digest.hexdigest()
+write_random_file = make_file
+sha256_file = sha256_of
 
 
 def read_status_kb(pid: int, key: str) -> int:

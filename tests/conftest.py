@@ -2,20 +2,18 @@
 
 from __future__ import annotations
 
-import hashlib
 import os
-import random
 from collections.abc import Callable, Generator, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
 
+from shoal.demo import make_file as make_random_file
 from shoal.localswarm import LocalSwarm
 
 ANNOUNCE_INTERVAL = 0.5
 LOG_TAIL_LINES = 40
-_BLOCK = 4 * 1024 * 1024
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -52,18 +50,7 @@ def module_swarm(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalSwar
         yield running
 
 
-def write_random_file(path: Path, size: int) -> str:
-    """Write `size` pseudo-random bytes to `path` in blocks; return their sha256 hex digest."""
-    rng = random.Random()
-    digest = hashlib.sha256()
-    with open(path, "wb") as out:
-        left = size
-        while left > 0:
-            block = rng.randbytes(min(_BLOCK, left))
-            digest.update(block)
-            out.write(block)
-            left -= len(block)
-    return digest.hexdigest()
+write_random_file = make_random_file
 
 
 @pytest.fixture(scope="session")

@@ -3,10 +3,8 @@
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
 import logging
-import os
 import subprocess
 import threading
 import time
@@ -19,6 +17,7 @@ from typing import Any, TypeVar
 import grpc
 
 from shoal import net
+from shoal.demo import make_file, sha256_of  # noqa: F401 - the scenarios import them from here
 from shoal.localswarm import LocalSwarm, Proc, wait_serving
 from shoal.v1 import control_pb2, control_pb2_grpc, tracker_pb2, tracker_pb2_grpc
 
@@ -26,29 +25,6 @@ logger = logging.getLogger(__name__)
 
 T = TypeVar("T")
 MiB = 1024 * 1024
-_BLOCK = 4 * MiB
-
-
-def make_file(path: Path, size: int) -> str:
-    """Write `size` random bytes in blocks; return their sha256."""
-    digest = hashlib.sha256()
-    with open(path, "wb") as out:
-        left = size
-        while left > 0:
-            block = os.urandom(min(_BLOCK, left))
-            digest.update(block)
-            out.write(block)
-            left -= len(block)
-    return digest.hexdigest()
-
-
-def sha256_of(path: Path) -> str:
-    """Hash a file in blocks."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as data:
-        while block := data.read(_BLOCK):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def shrink(root: Path, over: int = MiB) -> None:
