@@ -131,6 +131,11 @@ bench-pair: venv system-deps
 bench-swarm: venv system-deps
 	$(PY) -m bench.swarm $(BENCH_ARGS)
 
+# Measure the ceiling of Python gRPC on loopback (1 MiB messages, no disk, no hashing).
+.PHONY: bench-grpc
+bench-grpc: venv
+	$(PY) -m bench.grpc_ceiling $(BENCH_ARGS)
+
 # Benchmark one tracker against 10,000 simulated peers: paced announces, GetPeers latency, saturation (BENCH_ARGS="--peers 15000").
 .PHONY: bench-tracker
 bench-tracker: venv
