@@ -49,6 +49,8 @@ debian_mirror() {
   echo "${uri:-http://deb.debian.org/debian}"
 }
 
+mkdir -p "${CACHE}"
+
 # The debootstrap base: rootfs tarball cached by suite and package list, imported once per engine.
 if [[ -z ${BASE_IMAGE} ]]; then
   key=$(printf '%s %s minbase' "${SUITE}" "${INCLUDE}" | sha256sum | cut -c1-12)
