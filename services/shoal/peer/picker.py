@@ -12,8 +12,8 @@ from shoal.content import Bitfield
 
 logger = logging.getLogger(__name__)
 
-ENDGAME_MAX_REQUESTERS = 3
-ENDGAME_CHUNKS = 8  # duplicate requests only once this few chunks are missing and all are in flight
+ENDGAME_MAX_REQUESTERS = 2
+ENDGAME_CHUNKS = 4  # duplicate requests only once this few chunks are missing and all are in flight
 _SCAN_LIMIT = 4096  # candidates examined per pick; bounds cost on huge files
 
 

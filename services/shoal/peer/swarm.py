@@ -31,7 +31,7 @@ logger = logging.getLogger(__name__)
 
 BAN_AFTER_BAD_CHUNKS = 3
 DEAD_AFTER_FAILURES = 3
-EXCHANGE_PERIOD = 1.0  # bitfields also ride on every chunk reply, so this only needs to catch idle sources
+EXCHANGE_PERIOD = 2.0  # bitfields also ride on every chunk reply, so this only needs to catch idle sources
 TRACKER_REFRESH = 3.0
 STALL_TIMEOUT = 60.0  # no source and no progress this long: give up
 SOURCE_STALL = 5.0  # floor of the stall timeout: a source that sends nothing this long past its usual pace is dead
@@ -68,7 +68,7 @@ class Source:
     def stall_timeout(self, length: int) -> float:
         """How long to wait for the next chunk before calling the source hung: its own pace, with margin."""
         if self.rate <= 0:
-            return net.CHUNK_DEADLINE
+            return 2 * SOURCE_STALL  # pace unknown: nothing has arrived from it yet
         return max(SOURCE_STALL, 3 * length / self.rate)
 
     exchange_task: asyncio.Task[None] | None = None
