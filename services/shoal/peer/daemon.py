@@ -48,6 +48,9 @@ def check_control_address(address: str) -> str:
 def advertised(listen: str, port: int, advertise: str | None) -> str:
     """The address other peers should dial: --advertise, else the listen host with the bound port."""
     if advertise:
+        host, sep, port_text = advertise.rpartition(":")
+        if sep and ":" in host and not host.startswith("["):
+            advertise = f"[{host}]:{port_text}"  # a bare IPv6 pod IP, as $(POD_IP):7401 gives on IPv6 clusters
         net.split_host_port(advertise)
         return advertise
     host, _ = net.split_host_port(listen)
