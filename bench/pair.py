@@ -25,6 +25,7 @@ from pathlib import Path
 from types import FrameType
 
 from shoal.demo import make_file, sha256_of
+from shoal.localswarm import free_port
 
 MB = 1_000_000
 RSS_LIMIT_MB = 150.0
@@ -61,12 +62,6 @@ def parse_size(text: str) -> int:
     if size <= 0:
         raise argparse.ArgumentTypeError(f"size must be positive: {text!r}")
     return size
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 write_random_file = make_file

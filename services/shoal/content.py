@@ -17,7 +17,7 @@ MAX_CHUNK_SIZE = 16 * 1024 * 1024
 MAX_FILE_SIZE = 1 << 40  # 1 TiB
 MAX_NAME_BYTES = 255
 _ID_MAGIC = b"shoal/v1 file\x00"
-_FILE_ID = re.compile(r"[0-9a-f]{64}")
+FILE_ID = re.compile(r"[0-9a-f]{64}")  # the one canonical text form of a file id
 
 
 class ContentError(ValueError):
@@ -27,7 +27,7 @@ class ContentError(ValueError):
 def parse_file_id(text: str) -> str:
     """Return the canonical form of a file id (64 lowercase hex chars) or raise ContentError."""
     candidate = text.strip().lower()
-    if not _FILE_ID.fullmatch(candidate):
+    if not FILE_ID.fullmatch(candidate):
         raise ContentError(f"malformed file id {text[:80]!r}: expected 64 hex characters")
     return candidate
 

@@ -67,6 +67,24 @@ def _explain(err: OSError, what: str) -> StoreError:
     return StoreError(f"{what} failed: {err.strerror or err}")
 
 
+def check_source(source: Path) -> None:
+    """A path we may publish: an existing regular file (never a FIFO or device, which could block)."""
+    if not source.exists():
+        raise StoreError(f"no such file: {source}")
+    if not source.is_file():
+        raise StoreError(f"not a regular file: {source}")
+
+
+def check_output(output: Path) -> None:
+    """A path we may place a download at: its directory exists and nothing but a regular file is there."""
+    if not output.parent.is_dir():
+        raise StoreError(f"output directory does not exist: {output.parent}")
+    if output.is_dir():
+        raise StoreError(f"output is a directory: {output}")
+    if output.is_symlink() or (output.exists() and not output.is_file()):
+        raise StoreError(f"output exists and is not a regular file: {output}")
+
+
 class Store:
     """The files this peer holds and the downloads it is running, on disk."""
 
@@ -282,12 +300,8 @@ class Store:
         """
         if not entry.complete:
             raise StoreError("file is not complete")
-        parent = output.parent
-        if not parent.is_dir():
-            raise StoreError(f"output directory does not exist: {parent}")
-        if output.is_symlink() or (output.exists() and not output.is_file()):
-            raise StoreError(f"output exists and is not a regular file: {output}")
-        tmp = parent / f".{output.name}.shoal-{uuid.uuid4().hex[:8]}"
+        check_output(output)
+        tmp = output.parent / f".{output.name}.shoal-{uuid.uuid4().hex[:8]}"
         try:
             try:
                 if not link:

@@ -14,7 +14,7 @@ import grpc
 from shoal import content
 from shoal.peer.swarm import Download, DownloadError, NoHolders
 from shoal.peer.trackers import TrackersUnavailable
-from shoal.store import StoreError
+from shoal.store import StoreError, check_output, check_source
 from shoal.v1 import common_pb2, control_pb2, control_pb2_grpc
 
 if TYPE_CHECKING:
@@ -57,10 +57,7 @@ class ControlServicer(control_pb2_grpc.ControlServicer):
         daemon = self._daemon
         try:
             source = _absolute(request.path, "path")
-            if not source.exists():
-                raise StoreError(f"no such file: {source}")
-            if not source.is_file():
-                raise StoreError(f"not a regular file: {source}")
+            await asyncio.to_thread(check_source, source)
             name = content.check_name(request.name or source.name)
             chunk_size = content.check_chunk_size(request.chunk_size or daemon.config.chunk_size)
             entry = await asyncio.to_thread(daemon.node.store.publish, source, name, chunk_size)
@@ -77,12 +74,8 @@ class ControlServicer(control_pb2_grpc.ControlServicer):
         try:
             file_id = content.parse_file_id(request.file_id)
             output = _absolute(request.output, "output") if request.output else None
-            if output is not None and not output.parent.is_dir():
-                raise StoreError(f"output directory does not exist: {output.parent}")
-            if output is not None and output.is_dir():
-                raise StoreError(f"output is a directory: {output}")
-            if output is not None and (output.is_symlink() or (output.exists() and not output.is_file())):
-                raise StoreError(f"output exists and is not a regular file: {output}")
+            if output is not None:
+                await asyncio.to_thread(check_output, output)
         except (content.ContentError, StoreError) as err:
             await _fail(context, err)
         started = time.monotonic()

@@ -5,14 +5,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import re
 import signal
 from collections.abc import Callable
 from dataclasses import dataclass
 
 import grpc
 
-from shoal import net
+from shoal import content, net
 from shoal.config import TrackerConfig
 from shoal.health import Health
 from shoal.metrics import ProcessMetrics, WatchedRegistry
@@ -29,12 +28,11 @@ MAX_PEER_ID = 128
 MAX_ZONE = 128
 MAX_NAME = 255
 MAX_FILES_PER_ANNOUNCE = 10_000
-_FILE_ID = re.compile(r"[0-9a-f]{64}")
 
 
 def check_file_id(file_id: str) -> str:
     """Return file_id if it is 64 lowercase hex characters, else raise ValueError."""
-    if not _FILE_ID.fullmatch(file_id):
+    if not content.FILE_ID.fullmatch(file_id):  # strict: the canonical form only, no normalising
         raise ValueError(f"file_id must be 64 lowercase hex characters, got {file_id[:80]!r}")
     return file_id
 
