@@ -109,3 +109,15 @@ def split_host_port(address: str) -> tuple[str, int]:
     elif ":" in host or "[" in host or "]" in host:
         raise ValueError(f"IPv6 addresses need brackets, as in [::1]:7400: {address!r}")
     return host, number
+
+
+def bind(server: grpc.aio.Server, address: str, what: str = "") -> int:
+    """Add a listening address to a server; OSError (one clear line) if it cannot be bound."""
+    label = f"{what} " if what else ""
+    try:
+        port = server.add_insecure_port(address)
+    except RuntimeError:
+        port = 0
+    if port == 0:
+        raise OSError(f"cannot listen on {label}{address}: address in use or not local")
+    return port

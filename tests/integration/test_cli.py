@@ -299,3 +299,22 @@ def test_get_never_replaces_a_device_node(pair: Pair, tmp_path: Path, make_file:
     assert stat.S_ISCHR(os.lstat(null).st_mode), f"{null} is no longer a device node (exit {result.returncode})"
     if result.returncode != 0:  # refusing is fine too, with one clear line
         assert len(result.stderr.splitlines()) == 1 and "Traceback" not in result.stderr, result.stderr
+
+
+@pytest.mark.parametrize("command", ["tracker", "peer"])
+def test_a_busy_listen_address_is_one_clear_line(command: str, tmp_path: Path) -> None:
+    import socket
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        address = f"127.0.0.1:{taken.getsockname()[1]}"
+        argv = [sys.executable, "-m", "shoal.cli", command, "--listen", address]
+        if command == "peer":
+            argv += ["--tracker", "127.0.0.1:9", "--data-dir", str(tmp_path / "data")]
+        result = subprocess.run(argv, capture_output=True, text=True, timeout=60, check=False)
+    assert result.returncode == 1
+    ours = [line for line in result.stderr.splitlines() if line.startswith("shoal:")]
+    what = "tracker address " if command == "tracker" else ""
+    assert ours == [f"shoal: cannot listen on {what}{address}: address in use or not local"]
+    assert "Traceback" not in result.stderr

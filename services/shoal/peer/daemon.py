@@ -22,11 +22,11 @@ from shoal.metrics import ProcessMetrics
 from shoal.peer.control import ControlServicer
 from shoal.peer.exchange import LinkPool
 from shoal.peer.node import Node
-from shoal.peer.server import PeerServicer
+from shoal.peer.server import PeerServicer, add_to_server
 from shoal.peer.swarm import Download, DownloadError
 from shoal.peer.trackers import TrackerClient
 from shoal.store import Entry, Store, StoreError
-from shoal.v1 import control_pb2_grpc, peer_pb2_grpc
+from shoal.v1 import control_pb2_grpc
 from shoal.zone import detect_zone
 
 logger = logging.getLogger(__name__)
@@ -84,9 +84,7 @@ class PeerDaemon:
         self.config.data_dir.mkdir(parents=True, exist_ok=True)
         await asyncio.to_thread(self.store.open)
         peer_id = await asyncio.to_thread(self.store.peer_id)
-        self.port = self._peer_server.add_insecure_port(self.config.listen)
-        if self.port == 0:
-            raise OSError(f"cannot listen on {self.config.listen}")
+        self.port = net.bind(self._peer_server, self.config.listen)
         zone = await asyncio.to_thread(detect_zone, self.config.zone)
         self.config = dataclasses.replace(self.config, zone=zone)
         self.node = Node(
@@ -95,15 +93,14 @@ class PeerDaemon:
         if self.metrics is not None:
             self.metrics.watch_peer(self.node)
         self.trackers = TrackerClient(self.node, self.config.trackers, self.config.tracker_refresh)
-        peer_pb2_grpc.add_PeerServicer_to_server(PeerServicer(self.node), self._peer_server)
+        add_to_server(PeerServicer(self.node), self._peer_server)
         self.health.attach(self._peer_server)
         control_pb2_grpc.add_ControlServicer_to_server(ControlServicer(self), self._control_server)
         if control.startswith("unix:"):
             path = Path(control.removeprefix("unix:"))
             with contextlib.suppress(FileNotFoundError):
                 path.unlink()
-        if self._control_server.add_insecure_port(control) == 0:
-            raise OSError(f"cannot listen on control address {control}")
+        net.bind(self._control_server, control, "control address")
         await self._peer_server.start()
         await self._control_server.start()
         if control.startswith("unix:"):
@@ -179,6 +176,11 @@ class PeerDaemon:
 
     async def stop(self) -> None:
         """Drain: NOT_SERVING, leave the trackers, stop downloads (kept for resume), stop servers."""
+        if not hasattr(self, "trackers"):  # start() failed early: only the servers and the store exist
+            await self._control_server.stop(None)
+            await self._peer_server.stop(None)
+            await asyncio.to_thread(self.store.close)
+            return
         self.node.draining = True
         await self.health.draining()
         await self.trackers.leave()

@@ -196,9 +196,7 @@ async def start_tracker(cfg: TrackerConfig, registry: Registry | None = None) ->
     tracker_pb2_grpc.add_TrackerServicer_to_server(TrackerServicer(registry, cfg), server)
     health = Health([SERVICE_NAME])
     health.attach(server)
-    port = server.add_insecure_port(cfg.listen)
-    if port == 0:
-        raise OSError(f"tracker could not bind {cfg.listen}")
+    port = net.bind(server, cfg.listen, "tracker address")
     await server.start()
     sweeper = asyncio.create_task(sweep_leases(registry), name="tracker-lease-sweep")
     try:
