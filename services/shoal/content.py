@@ -90,7 +90,7 @@ def validate_manifest(manifest: common_pb2.Manifest, file_id: str) -> None:
         raise ContentError(f"manifest does not match file id {file_id}")
 
 
-def chunk_ok(manifest: common_pb2.Manifest, index: int, data: bytes) -> bool:
+def chunk_ok(manifest: common_pb2.Manifest, index: int, data: bytes | memoryview) -> bool:
     """True when `data` is exactly chunk `index` of the manifest."""
     _, length = chunk_span(manifest, index)
     return len(data) == length and hashlib.sha256(data).digest() == manifest.chunk_sha256[index]

@@ -7,6 +7,7 @@ import logging
 import grpc
 
 from shoal import content, net
+from shoal.peer import wire
 from shoal.v1 import common_pb2, peer_pb2, peer_pb2_grpc
 
 logger = logging.getLogger(__name__)
@@ -19,6 +20,11 @@ class PeerLink:
         self.address = address
         self.channel = net.open_channel(address)
         self.stub = peer_pb2_grpc.PeerStub(self.channel)
+        self._get_chunk = self.channel.unary_unary(
+            wire.GET_CHUNK,
+            request_serializer=peer_pb2.GetChunkRequest.SerializeToString,
+            response_deserializer=wire.decode,
+        )
 
     async def fetch_manifest(self, file_id: str) -> common_pb2.Manifest:
         """Fetch a manifest and check it against the id (raises ContentError if it lies)."""
@@ -26,10 +32,11 @@ class PeerLink:
         content.validate_manifest(reply.manifest, file_id)
         return reply.manifest
 
-    async def fetch_chunk(self, file_id: str, index: int, peer_id: str, timeout: float) -> peer_pb2.GetChunkResponse:
-        """Fetch one chunk's bytes (unverified: the caller checks them)."""
+    async def fetch_chunk(self, file_id: str, index: int, peer_id: str, timeout: float) -> wire.ChunkReply:
+        """Fetch one chunk's bytes (unverified: the caller checks them), as a view into the reply."""
         request = peer_pb2.GetChunkRequest(file_id=file_id, index=index, peer_id=peer_id)
-        return await self.stub.GetChunk(request, timeout=timeout)
+        reply: wire.ChunkReply = await self._get_chunk(request, timeout=timeout)
+        return reply
 
     async def exchange_with(
         self, file_id: str, me: common_pb2.PeerInfo, bitfield: bytes, known: list[common_pb2.PeerInfo]

@@ -10,8 +10,9 @@ import grpc
 from shoal import content
 from shoal.peer.node import Node
 from shoal.peer.superseed import SuperSeeder
+from shoal.peer.wire import SERVICE, ChunkReply, encode
 from shoal.store import CorruptChunk, Entry, StoreError
-from shoal.v1 import peer_pb2, peer_pb2_grpc
+from shoal.v1 import peer_pb2
 
 logger = logging.getLogger(__name__)
 
@@ -46,7 +47,7 @@ def _advertised(node: Node, entry: Entry, peer_id: str, theirs: content.Bitfield
     return (offered or entry.have).to_bytes()
 
 
-class PeerServicer(peer_pb2_grpc.PeerServicer):
+class PeerServicer:
     """Serves what this peer holds; every answer is checked by the caller against the file id."""
 
     def __init__(self, node: Node) -> None:
@@ -58,9 +59,7 @@ class PeerServicer(peer_pb2_grpc.PeerServicer):
         entry = await _entry(self._node, request.file_id, context)
         return peer_pb2.GetManifestResponse(manifest=entry.manifest)
 
-    async def GetChunk(
-        self, request: peer_pb2.GetChunkRequest, context: grpc.aio.ServicerContext
-    ) -> peer_pb2.GetChunkResponse:
+    async def GetChunk(self, request: peer_pb2.GetChunkRequest, context: grpc.aio.ServicerContext) -> ChunkReply:
         node = self._node
         entry = await _entry(node, request.file_id, context)
         nchunks = len(entry.manifest.chunk_sha256)
@@ -95,7 +94,7 @@ class PeerServicer(peer_pb2_grpc.PeerServicer):
             if complete:
                 _seeder(node, entry).served(request.index, request.peer_id)
             bits = _advertised(node, entry, request.peer_id) if nchunks <= PIGGYBACK_MAX_CHUNKS else b""
-            return peer_pb2.GetChunkResponse(data=data, source_complete=complete, bitfield=bits)
+            return ChunkReply(data=data, source_complete=complete, bitfield=bits)
         finally:
             node.stats.active_uploads -= 1
 
@@ -123,3 +122,25 @@ class PeerServicer(peer_pb2_grpc.PeerServicer):
             complete=entry.complete,
             known=node.sample_known(entry.file_id),
         )
+
+
+def add_to_server(servicer: PeerServicer, server: grpc.aio.Server) -> None:
+    """Register the Peer service; GetChunk replies are framed by `wire` (same bytes, fewer copies)."""
+    handlers = {
+        "GetManifest": grpc.unary_unary_rpc_method_handler(
+            servicer.GetManifest,
+            request_deserializer=peer_pb2.GetManifestRequest.FromString,
+            response_serializer=peer_pb2.GetManifestResponse.SerializeToString,
+        ),
+        "GetChunk": grpc.unary_unary_rpc_method_handler(
+            servicer.GetChunk,
+            request_deserializer=peer_pb2.GetChunkRequest.FromString,
+            response_serializer=encode,
+        ),
+        "Exchange": grpc.unary_unary_rpc_method_handler(
+            servicer.Exchange,
+            request_deserializer=peer_pb2.ExchangeRequest.FromString,
+            response_serializer=peer_pb2.ExchangeResponse.SerializeToString,
+        ),
+    }
+    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(SERVICE, handlers),))
