@@ -15,6 +15,7 @@ import grpc
 from google.protobuf.message import Message
 
 from shoal import config, content, net
+from shoal.memory import keep_large_buffers
 from shoal.v1 import control_pb2, control_pb2_grpc
 
 logger = logging.getLogger(__name__)
@@ -405,6 +406,8 @@ def _run_server(args: argparse.Namespace) -> int:
         requests_per_peer=args.requests_per_peer,
         metrics_port=int(args.metrics_port) if args.metrics_port is not None else None,
     )
+    if not keep_large_buffers():
+        logging.getLogger(__name__).info("malloc not tuned (not glibc): chunk buffers are mapped afresh")
     asyncio.run(run_peer(peer_cfg))
     return 0
 
