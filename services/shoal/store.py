@@ -49,6 +49,8 @@ class Entry:
     fd: int = -1
     have_fd: int = -1
     lock: threading.Lock = field(default_factory=threading.Lock)
+    # One writer at a time: concurrent buffered writes to one file spin on its inode lock in the kernel.
+    write_lock: threading.Lock = field(default_factory=threading.Lock)
 
     @property
     def complete(self) -> bool:
@@ -232,14 +234,15 @@ class Store:
             raise CorruptChunk(f"chunk {index} of {entry.file_id} changed on disk (edited through an exported link?)")
         return data
 
-    def write_chunk(self, entry: Entry, index: int, data: bytes) -> bool:
+    def write_chunk(self, entry: Entry, index: int, data: bytes | memoryview) -> bool:
         """Write a verified chunk, then record it in the on-disk bitfield; False if already held."""
         if index in entry.have:
             return False
         offset, _ = content.chunk_span(entry.manifest, index)
         try:
             fd = self._fd(entry, writable=True)
-            written = os.pwrite(fd, data, offset)
+            with entry.write_lock:
+                written = os.pwrite(fd, data, offset)
             if written != len(data):
                 raise OSError(errno.ENOSPC, "short write")
             with entry.lock:

@@ -1,5 +1,9 @@
 """Chunk selection: rarest-first with random tie-break (BEP 3), plus endgame duplicates.
 
+Ties are broken at random among the first few equally rare chunks in file order, not the whole
+file: sources still get different chunks from different downloaders, while the verified prefix
+keeps growing, so the whole-file hash runs during the download instead of after it.
+
 Pure bookkeeping, no I/O: which chunks each source has, which are missing, which are in flight.
 """
 
@@ -15,6 +19,7 @@ logger = logging.getLogger(__name__)
 ENDGAME_MAX_REQUESTERS = 2
 ENDGAME_CHUNKS = 4  # duplicate requests only once this few chunks are missing and all are in flight
 _SCAN_LIMIT = 4096  # candidates examined per pick; bounds cost on huge files
+TIE_WINDOW = 8  # ties are broken at random among this many equally rare chunks, lowest index first
 
 
 class Picker:
@@ -85,17 +90,19 @@ class Picker:
         best: list[int] = []
         best_rarity = 1 << 30
         scanned = 0
+        # CPython walks a set of small ints in ascending order; were it not so, only the locality
+        # of tie-breaks would suffer, never correctness.
         for i in self.missing:
             if i in self.inflight or i not in bits:
                 continue
             rarity = self.availability[i]
             if rarity < best_rarity:
                 best_rarity, best = rarity, [i]
-            elif rarity == best_rarity:
+            elif rarity == best_rarity and len(best) < TIE_WINDOW:
                 best.append(i)
             scanned += 1
-            if scanned >= _SCAN_LIMIT:
-                break
+            if scanned >= _SCAN_LIMIT or (best_rarity <= 1 and len(best) >= TIE_WINDOW):
+                break  # nothing the source holds is rarer than 1 (the source itself)
         if best:
             return self._rng.choice(best)
         if len(self.inflight) < len(self.missing) or len(self.missing) > ENDGAME_CHUNKS:

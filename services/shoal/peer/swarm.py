@@ -35,6 +35,7 @@ EXCHANGE_PERIOD = 2.0  # bitfields also ride on every chunk reply, so this only 
 TRACKER_REFRESH = 3.0
 STALL_TIMEOUT = 60.0  # no source and no progress this long: give up
 SOURCE_STALL = 5.0  # floor of the stall timeout: a source that sends nothing this long past its usual pace is dead
+MAX_VERIFYING = 8  # received chunks waiting for hash and write, beyond which request slots are held
 FAST_CHUNK = 0.5  # a chunk arriving quicker than this opens the source's request window by one
 SLOW_CHUNK = 1.5  # one slower than this closes it by one (down to a single request)
 
@@ -54,7 +55,7 @@ class Source:
     info: common_pb2.PeerInfo
     link: PeerLink
     complete: bool = False
-    inflight: int = 0
+    requesting: set[int] = field(default_factory=set)  # chunks asked of it and not yet received
     rate: float = 0.0  # EWMA of bytes/s per request
     received: int = 0
     bad: int = 0
@@ -73,6 +74,11 @@ class Source:
 
     exchange_task: asyncio.Task[None] | None = None
     fetches: dict[int, asyncio.Task[None]] = field(default_factory=dict)
+
+    @property
+    def inflight(self) -> int:
+        """Requests outstanding at this source (a received chunk being verified no longer counts)."""
+        return len(self.requesting)
 
     @property
     def peer_id(self) -> str:
@@ -117,6 +123,7 @@ class Download:
         self._digest = hashlib.sha256()
         self._hashed = 0  # chunks fed to _digest, in order
         self._hashing: asyncio.Task[None] | None = None
+        self._verifying = 0  # chunks received and being verified and written
 
     # ---- progress for the control API -------------------------------------------------------
     @property
@@ -333,7 +340,7 @@ class Download:
                 picker.started(index, source.peer_id)
                 if source.inflight == 0:
                     source.last_activity = now
-                source.inflight += 1
+                source.requesting.add(index)
                 task = asyncio.create_task(self._fetch(source, index))
                 task.add_done_callback(functools.partial(self._fetch_done, source, index))
                 source.fetches[index] = task
@@ -394,20 +401,29 @@ class Download:
             started = time.monotonic()
             reply = await source.link.fetch_chunk(self.file_id, index, node.peer_id, self._deadline(source, length))
             elapsed = max(time.monotonic() - started, 1e-6)
+            if self._verifying < MAX_VERIFYING:
+                # Free the request slot now: the next request goes out while this chunk is checked.
+                source.requesting.discard(index)
+                self._notify()
             if reply.bitfield:
                 self.update_bitfield(source.peer_id, reply.bitfield, complete=reply.source_complete)
             if index in entry.have:
                 picker.completed(index)  # endgame loser that arrived anyway
                 return
-            verdict = await asyncio.to_thread(self._verify_and_write, entry, index, reply.data)
+            data = reply.data
+            self._verifying += 1
+            try:
+                verdict = await asyncio.to_thread(self._verify_and_write, entry, index, data)
+            finally:
+                self._verifying -= 1
             if verdict is None:
                 self._rejected(source, index)
                 return
             if not verdict:
                 picker.completed(index)
                 return
-            self._accepted(source, index, len(reply.data), elapsed, reply.source_complete)
-            node.observer.chunk_fetched(elapsed, len(reply.data))
+            self._accepted(source, index, len(data), elapsed, reply.source_complete)
+            node.observer.chunk_fetched(elapsed, len(data))
         except asyncio.CancelledError:
             raise
         except grpc.aio.AioRpcError as err:
@@ -429,12 +445,12 @@ class Download:
         """Bookkeeping for every fetch, including one cancelled before it ever ran."""
         if source.fetches.get(index) is task:
             del source.fetches[index]
-        source.inflight -= 1
+        source.requesting.discard(index)
         if self._picker is not None:
             self._picker.finished(index, source.peer_id)
         self._notify()
 
-    def _verify_and_write(self, entry: Entry, index: int, data: bytes) -> bool | None:
+    def _verify_and_write(self, entry: Entry, index: int, data: bytes | memoryview) -> bool | None:
         """In a worker thread: None if the chunk fails its hash, else whether it was newly written."""
         if not content.chunk_ok(entry.manifest, index, data):
             return None
