@@ -32,7 +32,9 @@ logger = logging.getLogger(__name__)
 BAN_AFTER_BAD_CHUNKS = 3
 DEAD_AFTER_FAILURES = 3
 EXCHANGE_PERIOD = 2.0  # bitfields also ride on every chunk reply, so this only needs to catch idle sources
+EXCHANGE_AT_LEAST = 6.0  # a busy source (fresh bitfields on its replies) is still exchanged with this often (PEX)
 TRACKER_REFRESH = 3.0
+FIRST_REFRESH = 0.5  # a new swarm fills up fast: ask again after 0.5 s, then 1 s, 2 s, up to TRACKER_REFRESH
 STALL_TIMEOUT = 60.0  # no source and no progress this long: give up
 SOURCE_STALL = 5.0  # floor of the stall timeout: a source that sends nothing this long past its usual pace is dead
 MAX_VERIFYING = 8  # received chunks waiting for hash and write, beyond which request slots are held
@@ -64,6 +66,7 @@ class Source:
     dead_until: float = 0.0
     busy_until: float = 0.0
     last_activity: float = 0.0
+    heard: float = 0.0  # when its bitfield last arrived (exchange or chunk reply)
     window: int = 2  # requests allowed in flight; grows on fast chunks, shrinks on slow ones
 
     def stall_timeout(self, length: int) -> float:
@@ -165,6 +168,8 @@ class Download:
         source = self._sources.get(peer_id)
         if source is not None:
             source.complete = complete or bits.complete
+            source.heard = time.monotonic()
+            self.node.touch(self.file_id, peer_id)
         self._notify()
 
     def _notify(self) -> None:
@@ -226,6 +231,7 @@ class Download:
         self._chunk_size = int(entry.manifest.chunk_size)
         self.add_sources(list(self.node.known.get(self.file_id, {}).values()))
         last_tracker = time.monotonic()
+        refresh = FIRST_REFRESH
         picker = self._picker
         # End on the picker's count, not the bitfield: a chunk written by a worker thread is only
         # accounted (bytes, sources, latency) once its fetch task records it.
@@ -233,8 +239,9 @@ class Download:
             if self._failure is not None:
                 raise self._failure
             now = time.monotonic()
-            if now - last_tracker >= TRACKER_REFRESH or (not self._usable() and now - last_tracker >= 1.0):
+            if now - last_tracker >= refresh or (not self._usable() and now - last_tracker >= 1.0):
                 last_tracker = now
+                refresh = min(TRACKER_REFRESH, refresh * 2)
                 asyncio.create_task(self._refresh_from_trackers())
             self._drop_stalled(now)
             self._admit()
@@ -348,7 +355,14 @@ class Download:
     async def _exchange_loop(self, source: Source) -> None:
         entry = self.entry
         assert entry is not None
+        exchanged = 0.0
         while True:
+            now = time.monotonic()
+            if now - source.heard < EXCHANGE_PERIOD and now - exchanged < EXCHANGE_AT_LEAST:
+                # Its chunk replies keep us fresh; skip this round (it learns our chunks when it asks us).
+                await asyncio.sleep(EXCHANGE_PERIOD * random.uniform(0.8, 1.2))
+                continue
+            exchanged = now
             try:
                 reply = await source.link.exchange_with(
                     self.file_id,
@@ -358,7 +372,6 @@ class Download:
                 )
                 source.failures = 0
                 self.update_bitfield(source.peer_id, reply.bitfield, complete=reply.complete)
-                self.node.touch(self.file_id, source.peer_id)
                 if reply.known:
                     self.node.learn(self.file_id, list(reply.known)[:50], direct=False)
             except grpc.aio.AioRpcError as err:
