@@ -211,6 +211,47 @@ def test_b_stop_one_source(big: BigSwarm, downloader: Proc, baseline: float, rep
     assert verified, "downloaded file does not match"
 
 
+def test_b_only_holder_paused_is_kept(big: BigSwarm, report: Report) -> None:
+    # A pause longer than the stall rule (5 s at this pace) but shorter than a request's deadline: with
+    # nobody to switch to, dropping the only holder would only add a cool-off.
+    size, pause = 24 * MiB, 7.0
+    big.quiet()
+    holder, peer = start_peers(big.swarm, 2, "--upload-limit", "4000000")
+    try:
+        blob = big.workdir / "only.bin"
+        sha = make_file(blob, size)
+        file_id = put(big.swarm, holder, blob)
+        blob.unlink()
+        output = _output(big, "only.bin")
+        watch = Watch(peer, file_id, output).start()
+        wait_until(lambda: watch.done_bytes() >= size * 0.25 or watch.finished, 60, "a quarter of the download")
+        big.swarm.signal(holder, signal.SIGSTOP)
+        time.sleep(pause)
+        big.swarm.signal(holder, signal.SIGCONT)
+        watch.wait(120)
+        verified = watch.done and sha256_of(output) == sha
+        dropped = log_time(peer.log_path, f"source {holder.address} sent nothing") is not None
+        report.add(
+            f"b) kill -STOP the only holder for {pause:.0f} s (24 MiB, capped 4 MB/s), then CONT",
+            "download completes; the only holder is not dropped as stalled",
+            f"{'completed, sha256 ok' if verified else 'FAILED ' + watch.error}; "
+            f"{'dropped as stalled' if dropped else 'kept'}; {watch.seconds:.1f} s",
+            "pass" if verified and not dropped else "fail",
+        )
+        assert watch.done, f"download failed while the only holder was paused: {watch.error}"
+        assert verified, "downloaded file does not match"
+        assert not dropped, "the only holder was dropped as stalled"
+    finally:
+        big.last_download = time.monotonic()
+        big.swarm.signal(holder, signal.SIGCONT)
+        for proc in (peer, holder):
+            with contextlib.suppress(Exception):
+                big.swarm.stop_proc(proc)
+            if proc.data_dir is not None:
+                shrink(proc.data_dir)
+        shrink(big.workdir / "out")
+
+
 def _chunks_on_disk(peer: Proc, file_id: str) -> int:
     """Verified chunks recorded in the partial download's on-disk bitfield."""
     assert peer.data_dir is not None

@@ -317,12 +317,21 @@ class Download:
         self._sources.pop(source.peer_id, None)
 
     def _drop_stalled(self, now: float) -> None:
-        """A source that hangs (no RST, e.g. SIGSTOP) or crawls: hand its in-flight chunks to others."""
+        """A source that hangs (no RST, e.g. SIGSTOP) or crawls: hand its in-flight chunks to others.
+
+        Only when another source can take them over: the only holder is kept through a pause (TCP
+        backing off under heavy loss), and its requests' own deadlines catch a holder that is dead.
+        """
+        picker = self._picker
         for source in list(self._sources.values()):
             if (
                 source.inflight
                 and not source.banned
                 and now - source.last_activity > source.stall_timeout(self._chunk_size)
+                and any(
+                    other is not source and picker is not None and picker.useful(other.peer_id)
+                    for other in self._usable()
+                )
             ):
                 logger.warning(
                     "source %s sent nothing for %.0fs with %d requests in flight; switching",
