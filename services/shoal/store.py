@@ -28,6 +28,8 @@ from shoal.v1 import common_pb2
 
 logger = logging.getLogger(__name__)
 
+SYNC_EVERY = 64 * 1024 * 1024  # flush a download's data file every 64 MiB of verified prefix
+
 
 class StoreError(Exception):
     """A store operation failed in a way the user should be told about."""
@@ -48,6 +50,7 @@ class Entry:
     output: str = ""
     fd: int = -1
     have_fd: int = -1
+    synced: int = 0  # bytes of the data file known flushed to disk, from the start
     lock: threading.Lock = field(default_factory=threading.Lock)
     # One writer at a time: concurrent buffered writes to one file spin on its inode lock in the kernel.
     write_lock: threading.Lock = field(default_factory=threading.Lock)
@@ -257,12 +260,22 @@ class Store:
         return True
 
     def hash_prefix(self, entry: Entry, digest: hashlib._Hash, start: int) -> int:
-        """Feed held chunks from `start` onwards, in order, into `digest`; return the first index not fed."""
+        """Feed held chunks from `start` onwards, in order, into `digest`; return the first index not fed.
+
+        Every SYNC_EVERY bytes of prefix it also flushes the data file, so the disk writes while the
+        download runs and the fsync in `finish` only has the tail left.
+        """
         index = start
+        fd = self._fd(entry, writable=not entry.complete)
+        end = 0
         while index < entry.have.size and index in entry.have:
             offset, length = content.chunk_span(entry.manifest, index)
-            digest.update(os.pread(self._fd(entry, writable=not entry.complete), length, offset))
+            digest.update(os.pread(fd, length, offset))
+            end = offset + length
             index += 1
+        if not entry.complete and end - entry.synced >= SYNC_EVERY:
+            os.fdatasync(fd)
+            entry.synced = end
         return index
 
     def finish(self, entry: Entry, digest: hashlib._Hash | None = None, hashed_chunks: int = 0) -> Entry:

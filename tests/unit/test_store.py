@@ -437,3 +437,32 @@ def test_export_partial_refused(store: Store, tmp_path: Path) -> None:
     with pytest.raises(StoreError, match="not complete"):
         store.export(entry, tmp_path / "out.bin")
     assert not (tmp_path / "out.bin").exists()
+
+
+def test_hash_prefix_feeds_in_order_and_flushes_as_it_goes(store: Store, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr("shoal.store.SYNC_EVERY", 2 * CS)
+    synced: list[int] = []
+    real = os.fdatasync
+
+    def fdatasync(fd: int) -> None:
+        synced.append(fd)
+        real(fd)
+
+    monkeypatch.setattr("shoal.store.os.fdatasync", fdatasync)
+    data = pattern(5 * CS, seed=3)
+    file_id, manifest = build(data)
+    parts = chunks_of(data)
+    entry = store.begin(file_id, manifest, "")
+    digest = hashlib.sha256()
+    for index in (0, 2):
+        store.write_chunk(entry, index, parts[index])
+    assert store.hash_prefix(entry, digest, 0) == 1  # stops at the first chunk not held
+    assert synced == [] and entry.synced == 0  # one chunk of prefix: below SYNC_EVERY
+    store.write_chunk(entry, 1, parts[1])
+    assert store.hash_prefix(entry, digest, 1) == 3
+    assert len(synced) == 1 and entry.synced == 3 * CS
+    for index in (3, 4):
+        store.write_chunk(entry, index, parts[index])
+    assert store.hash_prefix(entry, digest, 3) == 5
+    assert digest.digest() == hashlib.sha256(data).digest()
+    assert store.finish(entry, digest, 5).complete
