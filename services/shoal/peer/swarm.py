@@ -32,7 +32,6 @@ logger = logging.getLogger(__name__)
 BAN_AFTER_BAD_CHUNKS = 3
 DEAD_AFTER_FAILURES = 3
 EXCHANGE_PERIOD = 2.0  # bitfields also ride on every chunk reply, so this only needs to catch idle sources
-EXCHANGE_AT_LEAST = 6.0  # a busy source (fresh bitfields on its replies) is still exchanged with this often (PEX)
 TRACKER_REFRESH = 3.0
 FIRST_REFRESH = 0.5  # a new swarm fills up fast: ask again after 0.5 s, then 1 s, 2 s, up to TRACKER_REFRESH
 STALL_TIMEOUT = 60.0  # no source and no progress this long: give up
@@ -66,7 +65,6 @@ class Source:
     dead_until: float = 0.0
     busy_until: float = 0.0
     last_activity: float = 0.0
-    heard: float = 0.0  # when its bitfield last arrived (exchange or chunk reply)
     window: int = 2  # requests allowed in flight; grows on fast chunks, shrinks on slow ones
 
     def stall_timeout(self, length: int) -> float:
@@ -168,7 +166,6 @@ class Download:
         source = self._sources.get(peer_id)
         if source is not None:
             source.complete = complete or bits.complete
-            source.heard = time.monotonic()
             self.node.touch(self.file_id, peer_id)
         self._notify()
 
@@ -364,14 +361,7 @@ class Download:
     async def _exchange_loop(self, source: Source) -> None:
         entry = self.entry
         assert entry is not None
-        exchanged = 0.0
         while True:
-            now = time.monotonic()
-            if now - source.heard < EXCHANGE_PERIOD and now - exchanged < EXCHANGE_AT_LEAST:
-                # Its chunk replies keep us fresh; skip this round (it learns our chunks when it asks us).
-                await asyncio.sleep(EXCHANGE_PERIOD * random.uniform(0.8, 1.2))
-                continue
-            exchanged = now
             try:
                 reply = await source.link.exchange_with(
                     self.file_id,
