@@ -69,6 +69,16 @@ class BigSwarm:
         if self.last_download and wait > 0:
             time.sleep(wait)
 
+    def dismiss(self, *peers: Proc, best_effort: bool = False) -> None:
+        """A scenario's peers are done: note when (for quiet()), stop them, free their disk and the outputs."""
+        self.last_download = time.monotonic()
+        for peer in peers:
+            with contextlib.suppress(Exception) if best_effort else contextlib.nullcontext():
+                self.swarm.stop_proc(peer)
+            if peer.data_dir is not None:
+                shrink(peer.data_dir)
+        shrink(self.workdir / "out")
+
     def restore(self) -> None:
         """Bring every source back (SIGCONT, restart if dead) and wait until every tracker lists all three."""
         for source in self.sources:
@@ -128,11 +138,7 @@ def baseline(big: BigSwarm) -> float:
         assert watch.done, f"baseline download failed: {watch.error}"
         big.baseline_seconds = watch.seconds
     finally:
-        big.last_download = time.monotonic()
-        big.swarm.stop_proc(peer)
-        if peer.data_dir is not None:
-            shrink(peer.data_dir)
-        shrink(big.workdir / "out")
+        big.dismiss(peer)
     return big.baseline_seconds
 
 
@@ -144,11 +150,7 @@ def downloader(big: BigSwarm, baseline: float) -> Iterator[Proc]:
     try:
         yield peer
     finally:
-        big.last_download = time.monotonic()
-        big.swarm.stop_proc(peer)
-        if peer.data_dir is not None:
-            shrink(peer.data_dir)
-        shrink(big.workdir / "out")
+        big.dismiss(peer)
         big.restore()
 
 
@@ -242,14 +244,8 @@ def test_b_only_holder_paused_is_kept(big: BigSwarm, report: Report) -> None:
         assert verified, "downloaded file does not match"
         assert not dropped, "the only holder was dropped as stalled"
     finally:
-        big.last_download = time.monotonic()
         big.swarm.signal(holder, signal.SIGCONT)
-        for proc in (peer, holder):
-            with contextlib.suppress(Exception):
-                big.swarm.stop_proc(proc)
-            if proc.data_dir is not None:
-                shrink(proc.data_dir)
-        shrink(big.workdir / "out")
+        big.dismiss(peer, holder, best_effort=True)
 
 
 def _chunks_on_disk(peer: Proc, file_id: str) -> int:
@@ -292,12 +288,7 @@ def test_h_restart_downloader_resumes(big: BigSwarm, report: Report) -> None:
         assert downloaded == expected, "restarted peer fetched more (or less) than the missing chunks"
         assert verified, "exported file does not match"
     finally:
-        big.last_download = time.monotonic()
-        with contextlib.suppress(Exception):
-            big.swarm.stop_proc(peer)
-        if peer.data_dir is not None:
-            shrink(peer.data_dir)
-        shrink(big.workdir / "out")
+        big.dismiss(peer, best_effort=True)
 
 
 def test_back_to_back_downloads_keep_full_speed(big: BigSwarm, report: Report) -> None:
@@ -310,11 +301,7 @@ def test_back_to_back_downloads_keep_full_speed(big: BigSwarm, report: Report) -
             assert watch.done, f"{run} download failed: {watch.error}"
             seconds.append(watch.seconds)
         finally:
-            big.last_download = time.monotonic()
-            big.swarm.stop_proc(peer)
-            if peer.data_dir is not None:
-                shrink(peer.data_dir)
-            shrink(big.workdir / "out")
+            big.dismiss(peer)
     first, second = seconds
     report.add(
         "super-seeding: a download starting right after another downloader left (256 MiB, 3 sources)",

@@ -6,6 +6,7 @@ import hashlib
 import struct
 
 import pytest
+from tests.unit.manifests import CS, build, chunks_of, pattern
 
 from shoal import content
 from shoal.content import (
@@ -23,27 +24,6 @@ from shoal.content import (
     validate_manifest,
 )
 from shoal.v1 import common_pb2
-
-CS = MIN_CHUNK_SIZE  # 16 KiB: the smallest legal chunk keeps the tests fast
-
-
-def build(data: bytes, name: str = "f.bin", chunk_size: int = CS) -> tuple[str, common_pb2.Manifest]:
-    """Run data through a ManifestBuilder the way Store.publish does."""
-    builder = ManifestBuilder(name, chunk_size)
-    for offset in range(0, len(data), chunk_size):
-        builder.add(data[offset : offset + chunk_size])
-    return builder.finish()
-
-
-def pattern(size: int, seed: int = 0) -> bytes:
-    """Deterministic, non-repeating-per-chunk bytes."""
-    out = bytearray()
-    counter = 0
-    while len(out) < size:
-        out += hashlib.sha256(f"{seed}:{counter}".encode()).digest()
-        counter += 1
-    return bytes(out[:size])
-
 
 # ---- parse_file_id ------------------------------------------------------------------------------
 
@@ -117,7 +97,7 @@ def test_check_chunk_size_rejects_out_of_range(size: int) -> None:
 def test_known_vector_matches_independent_formula() -> None:
     """sha256(b"shoal/v1 file\\0" || u64be size || u32be chunk_size || file sha256 || chunk sha256s)."""
     data = b"shoal" * 10_000  # 50_000 bytes: 3 full 16 KiB chunks and a 848-byte tail
-    chunks = [data[i : i + CS] for i in range(0, len(data), CS)]
+    chunks = chunks_of(data)
     assert [len(c) for c in chunks] == [CS, CS, CS, 50_000 - 3 * CS]
     expected = hashlib.sha256()
     expected.update(b"shoal/v1 file\x00")
