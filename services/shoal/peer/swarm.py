@@ -166,7 +166,6 @@ class Download:
         source = self._sources.get(peer_id)
         if source is not None:
             source.complete = complete or bits.complete
-            self.node.touch(self.file_id, peer_id)
         self._notify()
 
     def _notify(self) -> None:
@@ -319,16 +318,12 @@ class Download:
         Only when another source can take them over: the only holder is kept through a pause (TCP
         backing off under heavy loss), and its requests' own deadlines catch a holder that is dead.
         """
-        picker = self._picker
         for source in list(self._sources.values()):
             if (
                 source.inflight
                 and not source.banned
                 and now - source.last_activity > source.stall_timeout(self._chunk_size)
-                and any(
-                    other is not source and picker is not None and picker.useful(other.peer_id)
-                    for other in self._usable()
-                )
+                and self._others_can_take_over(source)
             ):
                 logger.warning(
                     "source %s sent nothing for %.0fs with %d requests in flight; switching",
@@ -337,6 +332,13 @@ class Download:
                     source.inflight,
                 )
                 self._drop_dead(source, cool_off=3.0)
+
+    def _others_can_take_over(self, source: Source) -> bool:
+        """True if another usable source holds a chunk we still miss."""
+        picker = self._picker
+        return picker is not None and any(
+            other is not source and picker.useful(other.peer_id) for other in self._usable()
+        )
 
     def _dispatch(self) -> None:
         picker = self._picker
@@ -371,6 +373,7 @@ class Download:
                 )
                 source.failures = 0
                 self.update_bitfield(source.peer_id, reply.bitfield, complete=reply.complete)
+                self.node.touch(self.file_id, source.peer_id)
                 if reply.known:
                     self.node.learn(self.file_id, list(reply.known)[:50], direct=False)
             except grpc.aio.AioRpcError as err:

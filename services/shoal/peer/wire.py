@@ -18,6 +18,7 @@ GET_CHUNK = f"/{SERVICE}/GetChunk"
 
 _VARINT, _I64, _LEN, _I32 = 0, 1, 2, 5
 _DATA, _SOURCE_COMPLETE, _BITFIELD = 1, 2, 3
+_KIND_OF = {_DATA: _LEN, _SOURCE_COMPLETE: _VARINT, _BITFIELD: _LEN}  # wire type of each known field
 _DATA_TAG = bytes([_DATA << 3 | _LEN])
 
 
@@ -74,6 +75,8 @@ def decode(raw: bytes) -> ChunkReply:
         number, kind = key >> 3, key & 7
         if number == 0:
             raise WireError("field number 0")
+        if _KIND_OF.get(number, kind) != kind:
+            raise WireError(f"field {number} has wire type {kind}")
         if kind == _VARINT:
             value, pos = _read_varint(raw, pos)
             if number == _SOURCE_COMPLETE:
@@ -94,6 +97,4 @@ def decode(raw: bytes) -> ChunkReply:
                 raise WireError("fixed-width field runs past the end")
         else:
             raise WireError(f"unsupported wire type {kind}")
-        if number in (_DATA, _BITFIELD) and kind != _LEN or number == _SOURCE_COMPLETE and kind != _VARINT:
-            raise WireError(f"field {number} has wire type {kind}")
     return ChunkReply(data=data, source_complete=complete, bitfield=bitfield)
