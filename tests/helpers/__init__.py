@@ -1,0 +1,1 @@
+"""Test helpers, one module per concern: clocks, files, polling, processes, CLI calls."""
