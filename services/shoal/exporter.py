@@ -28,8 +28,8 @@ T = TypeVar("T")
 
 
 def on_loop(loop: asyncio.AbstractEventLoop, read: Callable[[], T], timeout: float = SCRAPE_TIMEOUT) -> T:
-    """Run `read` on the loop that owns the state: scrapes arrive on the exporter's thread, and
-    Registry.stats() iterates dicts the loop mutates. Raises TimeoutError if the loop does not get to it."""
+    """Run `read` on the loop that owns the state: scrapes arrive on the exporter's thread, and the state they read
+    (dicts, counters) is mutated by the loop. Raises TimeoutError if the loop does not get to it."""
     try:
         current: asyncio.AbstractEventLoop | None = asyncio.get_running_loop()
     except RuntimeError:
