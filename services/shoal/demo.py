@@ -46,7 +46,7 @@ def sha256_of(path: Path) -> str:
 
 def write_scrape_config(swarm: LocalSwarm) -> Path:
     """Write <workdir>/prometheus.yml scraping every tracker and peer of the swarm every second."""
-    from shoal.metrics import scrape_config
+    from shoal.exporter import scrape_config
 
     jobs = {
         "shoal-tracker": [f"127.0.0.1:{proc.metrics_port}" for proc in swarm.trackers if proc.metrics_port],

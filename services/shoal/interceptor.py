@@ -53,7 +53,8 @@ def status_of(error: BaseException | None, context: grpc.aio.ServicerContext) ->
 class MetricsInterceptor(grpc.aio.ServerInterceptor):
     """Counts started and handled calls and observes their latency, on the given registry."""
 
-    def __init__(self, registry: CollectorRegistry) -> None:
+    def __init__(self, registry: CollectorRegistry, clock: Callable[[], float] = time.perf_counter) -> None:
+        self._clock = clock
         labels = ("grpc_type", "grpc_service", "grpc_method")
         self.started = Counter(
             "shoal_grpc_server_started_total", "RPCs started on the server.", labels, registry=registry
@@ -98,7 +99,7 @@ class MetricsInterceptor(grpc.aio.ServerInterceptor):
 
     def _done(self, labels: tuple[str, str, str], started: float, code: str) -> None:
         self.handled.labels(*labels, code).inc()
-        self.latency.labels(*labels).observe(time.perf_counter() - started)
+        self.latency.labels(*labels).observe(self._clock() - started)
 
     def _wrap(self, behavior: Behavior, labels: tuple[str, str, str]) -> Behavior:
         """The same behavior, counted and timed; generators stay generators so streaming keeps working."""
@@ -106,7 +107,7 @@ class MetricsInterceptor(grpc.aio.ServerInterceptor):
 
             async def streaming(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
                 self.started.labels(*labels).inc()
-                started = time.perf_counter()
+                started = self._clock()
                 error: BaseException | None = None
                 try:
                     responses = behavior(request, context)
@@ -126,7 +127,7 @@ class MetricsInterceptor(grpc.aio.ServerInterceptor):
 
         async def unary(request: Any, context: grpc.aio.ServicerContext) -> Any:
             self.started.labels(*labels).inc()
-            started = time.perf_counter()
+            started = self._clock()
             error: BaseException | None = None
             try:
                 reply = behavior(request, context)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import urllib.request
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
@@ -11,12 +12,28 @@ from prometheus_client import CollectorRegistry
 from prometheus_client.parser import text_string_to_metric_families
 
 from shoal.config import PeerConfig
-from shoal.metrics import PeerCollector, PeerObserver, ProcessMetrics, TrackerCollector, WatchedRegistry, on_loop
-from shoal.peer.node import Node
+from shoal.exporter import ProcessMetrics, on_loop
+from shoal.peer.metrics import PeerCollector, PeerObserver, watch_peer
+from shoal.peer.node import Node, Observer, Stats
+from shoal.ratelimit import TokenBucket
 from shoal.store import Store
+from shoal.tracker.metrics import TrackerCollector, WatchedRegistry, watch_tracker
 from shoal.tracker.registry import Holding, Peer
 
 FILE_ID = "ab" * 32
+
+
+class Clock:
+    """A clock that moves only when told (helpers.clocks.FakeClock, once mypy can see tests/helpers)."""
+
+    def __init__(self, now: float) -> None:
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        self.now += seconds
 
 
 def make_node(tmp_path: Path) -> Node:
@@ -29,7 +46,8 @@ def make_node(tmp_path: Path) -> Node:
 async def test_peer_collector_reads_stats_at_scrape_time(tmp_path: Path) -> None:
     node = make_node(tmp_path)
     registry = CollectorRegistry()
-    registry.register(PeerCollector(node, asyncio.get_running_loop()))
+    active = [0]
+    registry.register(PeerCollector(node, lambda: active[0], asyncio.get_running_loop()))
     node.stats.uploaded_bytes = 10
     node.stats.from_partial_bytes = 3
     node.stats.from_complete_bytes = 7
@@ -44,7 +62,40 @@ async def test_peer_collector_reads_stats_at_scrape_time(tmp_path: Path) -> None
     assert registry.get_sample_value("shoal_peer_cap_waits_total", {"direction": "upload"}) == 4
     assert registry.get_sample_value("shoal_peer_active_downloads") == 0
     node.stats.uploaded_bytes = 25
+    active[0] = 2
     assert registry.get_sample_value("shoal_peer_uploaded_bytes_total") == 25
+    assert registry.get_sample_value("shoal_peer_active_downloads") == 2
+
+
+@dataclass
+class BarePeer:
+    """Only what the peer's metrics may read: no downloads table, no Node."""
+
+    store: Store
+    stats: Stats = field(default_factory=lambda: Stats(started_at=50.0))
+    observer: Observer = field(default_factory=Observer)
+    upload_bucket: TokenBucket = field(default_factory=lambda: TokenBucket(0))
+    download_bucket: TokenBucket = field(default_factory=lambda: TokenBucket(0))
+
+
+async def test_watch_peer_needs_no_node_and_uses_its_clock(tmp_path: Path) -> None:
+    store = Store(tmp_path)
+    store.open()
+    peer = BarePeer(store)
+    clock = Clock(80.0)
+    metrics = ProcessMetrics(0, "127.0.0.1")
+    watch_peer(metrics, peer, lambda: 3, clock)
+    assert isinstance(peer.observer, PeerObserver)
+    peer.observer.chunk_fetched(0.01, 1 << 20)
+    peer.stats.chunks_verified = 1
+    registry = metrics.registry
+    assert registry.get_sample_value("shoal_peer_uptime_seconds") == 30.0
+    clock.advance(5)
+    assert registry.get_sample_value("shoal_peer_uptime_seconds") == 35.0
+    assert registry.get_sample_value("shoal_peer_active_downloads") == 3
+    assert registry.get_sample_value("shoal_peer_chunks_verified_total") == 1
+    assert registry.get_sample_value("shoal_peer_chunk_fetch_duration_seconds_count") == 1
+    assert registry.get_sample_value("shoal_peer_files", {"state": "complete"}) == 0
 
 
 def test_observer_fills_histograms() -> None:
@@ -61,21 +112,25 @@ def test_observer_fills_histograms() -> None:
 
 
 async def test_tracker_collector_and_view_age() -> None:
-    clock = [100.0]
-    tracker = WatchedRegistry(ttl=5.0, clock=lambda: clock[0])
+    clock = Clock(100.0)
+    tracker = WatchedRegistry(ttl=5.0, clock=clock)
     registry = CollectorRegistry()
     registry.register(TrackerCollector(tracker, asyncio.get_running_loop()))
     assert registry.get_sample_value("shoal_tracker_live_peers") == 0
-    assert registry.get_sample_value("shoal_tracker_view_age_seconds") is not None
+    clock.advance(2)
+    # No announce yet: the view is as old as the replica.
+    assert registry.get_sample_value("shoal_tracker_view_age_seconds") == 2.0
+    assert registry.get_sample_value("shoal_tracker_uptime_seconds") == 2.0
     tracker.announce(Peer("p1", "10.0.0.1:7401"), [Holding(FILE_ID, "a.iso", 1, True)])
     tracker.announce(Peer("p2", "10.0.0.2:7401"), [])
     assert registry.get_sample_value("shoal_tracker_live_peers") == 2
     assert registry.get_sample_value("shoal_tracker_files") == 1
     assert registry.get_sample_value("shoal_tracker_announces_total") == 2
     assert registry.get_sample_value("shoal_tracker_lease_ttl_seconds") == 5.0
-    age = registry.get_sample_value("shoal_tracker_view_age_seconds")
-    assert age is not None and 0 <= age < 1.0
-    clock[0] += 6
+    assert registry.get_sample_value("shoal_tracker_view_age_seconds") == 0.0
+    clock.advance(6)
+    assert registry.get_sample_value("shoal_tracker_view_age_seconds") == 6.0
+    assert registry.get_sample_value("shoal_tracker_uptime_seconds") == 8.0
     tracker.expire()
     assert registry.get_sample_value("shoal_tracker_lease_expiries_total") == 2
     assert registry.get_sample_value("shoal_tracker_live_peers") == 0
@@ -99,10 +154,10 @@ def test_on_loop_gives_up_when_the_loop_does_not_run() -> None:
 async def test_exporter_serves_and_stops(tmp_path: Path) -> None:
     metrics = ProcessMetrics(0, "127.0.0.1")
     node = make_node(tmp_path)
-    metrics.watch_peer(node)
+    watch_peer(metrics, node, lambda: 0)
     tracker = WatchedRegistry(ttl=5.0)
     tracker.announce(Peer("peer-secret", "10.0.0.1:7401"), [Holding(FILE_ID, "a.iso", 1, True)])
-    metrics.watch_tracker(tracker)
+    watch_tracker(metrics, tracker)
     port = metrics.serve()
     try:
         url = f"http://127.0.0.1:{port}/metrics"

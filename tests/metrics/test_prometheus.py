@@ -17,8 +17,8 @@ from typing import Any
 
 import pytest
 
+from shoal.exporter import scrape_config
 from shoal.localswarm import LocalSwarm, Proc, free_port, wait_serving
-from shoal.metrics import scrape_config
 
 pytestmark = pytest.mark.metrics
 

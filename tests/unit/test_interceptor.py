@@ -193,6 +193,69 @@ async def test_registries_are_independent(served: Served) -> None:
     assert other.get_sample_value("shoal_grpc_server_handled_total", {"grpc_code": "OK"}) is None
 
 
+class Clock:
+    """A clock that moves only when told (helpers.clocks.FakeClock, once mypy can see tests/helpers)."""
+
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+class SlowTracker(tracker_pb2_grpc.TrackerServicer):
+    """Every Leave takes 0.375 s of the fake clock."""
+
+    def __init__(self, clock: Clock) -> None:
+        self.clock = clock
+
+    async def Leave(
+        self, request: tracker_pb2.LeaveRequest, context: grpc.aio.ServicerContext
+    ) -> tracker_pb2.LeaveResponse:
+        self.clock.now += 0.375
+        return tracker_pb2.LeaveResponse()
+
+
+class SlowControl(control_pb2_grpc.ControlServicer):
+    """Get streams two messages, each 1 s of the fake clock after the last."""
+
+    def __init__(self, clock: Clock) -> None:
+        self.clock = clock
+
+    async def Get(
+        self, request: control_pb2.GetRequest, context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[control_pb2.GetProgress]:
+        for done in (1, 2):
+            self.clock.now += 1.0
+            yield control_pb2.GetProgress(done_bytes=done)
+
+
+async def test_latency_is_read_from_the_injected_clock() -> None:
+    clock = Clock()
+    registry = CollectorRegistry()
+    server = grpc.aio.server(interceptors=[MetricsInterceptor(registry, clock)])
+    tracker_pb2_grpc.add_TrackerServicer_to_server(SlowTracker(clock), server)
+    control_pb2_grpc.add_ControlServicer_to_server(SlowControl(clock), server)
+    port = server.add_insecure_port("127.0.0.1:0")
+    await server.start()
+    try:
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
+            served = Served(registry, channel)
+            for _ in range(2):
+                await served.tracker.Leave(tracker_pb2.LeaveRequest(peer_id="ok"), timeout=5)
+            await wait_for(lambda: served.latency(TRACKER, "Leave", "unary", "count"), 2)
+            assert served.latency(TRACKER, "Leave", "unary", "sum") == 0.75
+            bucket = {"grpc_service": TRACKER, "grpc_method": "Leave", "grpc_type": "unary"}
+            assert registry.get_sample_value("shoal_grpc_server_handling_seconds_bucket", {**bucket, "le": "0.25"}) == 0
+            assert registry.get_sample_value("shoal_grpc_server_handling_seconds_bucket", {**bucket, "le": "0.5"}) == 2
+            replies = [r async for r in served.control.Get(control_pb2.GetRequest(), timeout=5)]
+            assert [r.done_bytes for r in replies] == [1, 2]
+            await wait_for(lambda: served.latency(CONTROL, "Get", "server_stream", "count"), 1)
+            assert served.latency(CONTROL, "Get", "server_stream", "sum") == 2.0
+    finally:
+        await server.stop(0)
+
+
 def test_split_method() -> None:
     assert split_method("/shoal.v1.Peer/GetChunk") == ("shoal.v1.Peer", "GetChunk")
     assert split_method("nonsense") == ("unknown", "nonsense")

@@ -17,10 +17,11 @@ import grpc
 
 from shoal import net
 from shoal.config import PeerConfig
+from shoal.exporter import ProcessMetrics
 from shoal.health import Health
-from shoal.metrics import ProcessMetrics
 from shoal.peer.control import ControlServicer
 from shoal.peer.exchange import LinkPool
+from shoal.peer.metrics import watch_peer
 from shoal.peer.node import Node
 from shoal.peer.server import PeerServicer, add_to_server
 from shoal.peer.swarm import Download, DownloadError
@@ -91,7 +92,7 @@ class PeerDaemon:
             self.config, self.store, peer_id, advertised(self.config.listen, self.port, self.config.advertise)
         )
         if self.metrics is not None:
-            self.metrics.watch_peer(self.node)
+            watch_peer(self.metrics, self.node, lambda: len(self.node.downloads))
         self.trackers = TrackerClient(self.node, self.config.trackers, self.config.tracker_refresh)
         add_to_server(PeerServicer(self.node), self._peer_server)
         self.health.attach(self._peer_server)

@@ -13,8 +13,9 @@ import grpc
 
 from shoal import content, net
 from shoal.config import TrackerConfig
+from shoal.exporter import ProcessMetrics
 from shoal.health import Health
-from shoal.metrics import ProcessMetrics, WatchedRegistry
+from shoal.tracker.metrics import WatchedRegistry, watch_tracker
 from shoal.tracker.registry import Holding, Peer, Registry
 from shoal.v1 import common_pb2, tracker_pb2, tracker_pb2_grpc
 
@@ -186,7 +187,7 @@ async def sweep_leases(registry: Registry, every: float = EXPIRE_EVERY) -> None:
             logger.exception("lease sweep failed")
 
 
-async def start_tracker(cfg: TrackerConfig, registry: Registry | None = None) -> RunningTracker:
+async def start_tracker(cfg: TrackerConfig, registry: WatchedRegistry | None = None) -> RunningTracker:
     """Bind cfg.listen (port 0 picks a free port), start serving and report SERVING."""
     host, _ = net.split_host_port(cfg.listen)
     registry = registry if registry is not None else WatchedRegistry(cfg.ttl)
@@ -201,7 +202,7 @@ async def start_tracker(cfg: TrackerConfig, registry: Registry | None = None) ->
     sweeper = asyncio.create_task(sweep_leases(registry), name="tracker-lease-sweep")
     try:
         if metrics is not None:
-            metrics.watch_tracker(registry)
+            watch_tracker(metrics, registry)
             metrics.serve()
         await health.serving()
     except BaseException:

@@ -1,0 +1,74 @@
+"""The tracker's metrics: registry gauges and counters read at scrape time, and how stale the replica's view is."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable, Iterable, Iterator
+
+from prometheus_client.metrics_core import Metric
+
+from shoal.exporter import ProcessMetrics, counter, gauge, on_loop
+from shoal.tracker.registry import Holding, Peer, Registry
+
+logger = logging.getLogger(__name__)
+
+
+class WatchedRegistry(Registry):
+    """A Registry that remembers when it started and last heard an announce, on the clock it was given."""
+
+    def __init__(self, ttl: float, clock: Callable[[], float] = time.monotonic) -> None:
+        super().__init__(ttl, clock)
+        self._watch_clock = clock
+        self._started_at = clock()
+        self._last_announce_at: float | None = None
+
+    def announce(self, peer: Peer, holdings: Iterable[Holding]) -> bool:
+        """Registry.announce, stamped."""
+        self._last_announce_at = self._watch_clock()
+        return super().announce(peer, holdings)
+
+    def uptime(self) -> float:
+        """Seconds since this registry was made."""
+        return self._watch_clock() - self._started_at
+
+    def view_age(self) -> float:
+        """Seconds since the last announce (since start if none yet)."""
+        newest = self._last_announce_at if self._last_announce_at is not None else self._started_at
+        return self._watch_clock() - newest
+
+
+class TrackerCollector:
+    """Reads the registry's stats, uptime and view age at scrape time."""
+
+    def __init__(self, registry: WatchedRegistry, loop: asyncio.AbstractEventLoop) -> None:
+        self._registry = registry
+        self._loop = loop
+
+    def collect(self) -> Iterable[Metric]:
+        """One consistent snapshot, taken on the event loop."""
+        return on_loop(self._loop, lambda: list(self._families()))
+
+    def _families(self) -> Iterator[Metric]:
+        registry = self._registry
+        stats = registry.stats()
+        yield gauge("shoal_tracker_live_peers", "Peers whose lease has not lapsed.", stats.peers)
+        yield gauge("shoal_tracker_files", "Files held by at least one live peer.", stats.files)
+        yield counter("shoal_tracker_announces_total", "Announces received.", stats.announces_total)
+        yield counter("shoal_tracker_lease_expiries_total", "Peers dropped for a lapsed lease.", stats.expiries_total)
+        yield gauge(
+            "shoal_tracker_lease_ttl_seconds", "Lease length: a peer silent this long is dropped.", registry.ttl
+        )
+        yield gauge("shoal_tracker_uptime_seconds", "Seconds since this tracker replica started.", registry.uptime())
+        yield gauge(
+            "shoal_tracker_view_age_seconds",
+            "Seconds since this replica last heard an announce (since start if none yet): "
+            "how stale its view of the swarm may be.",
+            registry.view_age(),
+        )
+
+
+def watch_tracker(metrics: ProcessMetrics, registry: WatchedRegistry) -> None:
+    """Read the registry at scrape time (call on the tracker's loop)."""
+    metrics.registry.register(TrackerCollector(registry, asyncio.get_running_loop()))
