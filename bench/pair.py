@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import hashlib
 import os
 import re
 import shutil
@@ -25,7 +26,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from types import FrameType
 
-from shoal.demo import make_file, sha256_of
 from shoal.localswarm import free_port
 
 MB = 1_000_000
@@ -65,8 +65,26 @@ def parse_size(text: str) -> int:
     return size
 
 
-write_random_file = make_file
-sha256_file = sha256_of
+def write_random_file(path: Path, size: int) -> str:
+    """Write `size` random bytes in 4 MiB blocks (never all in memory); return their sha256 hex digest."""
+    digest = hashlib.sha256()
+    with open(path, "wb") as out:
+        left = size
+        while left > 0:
+            block = os.urandom(min(4 * 1024 * 1024, left))
+            digest.update(block)
+            out.write(block)
+            left -= len(block)
+    return digest.hexdigest()
+
+
+def sha256_file(path: Path) -> str:
+    """The sha256 hex digest of a file, read in 4 MiB blocks."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as data:
+        while block := data.read(4 * 1024 * 1024):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 def read_status_kb(pid: int, key: str) -> int:

@@ -22,7 +22,7 @@ logger = logging.getLogger(__name__)
 _BLOCK = 4 * 1024 * 1024
 
 
-def make_file(path: Path, size: int) -> str:
+def _write_random(path: Path, size: int) -> str:
     """Write `size` random bytes in blocks (never all in memory); return their sha256."""
     digest = hashlib.sha256()
     with open(path, "wb") as out:
@@ -35,7 +35,7 @@ def make_file(path: Path, size: int) -> str:
     return digest.hexdigest()
 
 
-def sha256_of(path: Path) -> str:
+def _sha256_of(path: Path) -> str:
     """Hash a file in blocks."""
     digest = hashlib.sha256()
     with open(path, "rb") as data:
@@ -111,7 +111,7 @@ def run_demo(args: argparse.Namespace) -> int:
         if scrape is not None:
             print(f"prometheus scrape config written to {scrape}")
         source = workdir / "demo.bin"
-        expected = make_file(source, args.size)
+        expected = _write_random(source, args.size)
         seeder, leechers = swarm.peers[0], swarm.peers[1:]
         put = swarm.cli(seeder, "put", str(source))
         file_id = put.stdout.strip().splitlines()[-1]
@@ -150,7 +150,7 @@ def run_demo(args: argparse.Namespace) -> int:
             sources = result["sources"]
             received = sources["from_complete_bytes"] + sources["from_partial_bytes"]
             share = 100.0 * sources["from_partial_bytes"] / received if received else 0.0
-            verified = sha256_of(Path(result["output"])) == expected
+            verified = _sha256_of(Path(result["output"])) == expected
             ok = ok and verified
             rate = args.size / seconds / 1e6 if seconds > 0 else 0.0
             print(

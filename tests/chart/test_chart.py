@@ -12,7 +12,7 @@ import jsonschema  # type: ignore[import-untyped]
 import kubernetes_validate  # type: ignore[import-untyped]
 import pytest
 import yaml
-from tests.chart.chartlib import (
+from chart.chartlib import (
     CHART,
     KUBE_VERSION,
     ROOT,

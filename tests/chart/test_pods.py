@@ -5,7 +5,7 @@ from __future__ import annotations
 import ipaddress
 
 import pytest
-from tests.chart.chartlib import render
+from chart.chartlib import render
 from tools.rehearsal.pods import (
     Cluster,
     PlanError,

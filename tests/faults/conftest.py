@@ -5,17 +5,13 @@ from __future__ import annotations
 import json
 import logging
 import os
-import sys
 from dataclasses import asdict
 from pathlib import Path
 
 import pytest
+from faults.report import Report
 
 ROOT = Path(__file__).resolve().parents[2]
-if str(ROOT) not in sys.path:  # `tests.faults.*` and `bench.*` import from the repo root, as mypy sees them
-    sys.path.insert(0, str(ROOT))
-
-from tests.faults.report import Report  # noqa: E402
 
 logger = logging.getLogger(__name__)
 

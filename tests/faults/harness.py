@@ -1,29 +1,25 @@
-"""Helpers for driving real shoal processes in the fault suite: files, waits, CLI calls, tracker views, progress."""
+"""What the fault suite observes of real shoal processes: tracker views, peer status, download progress, logs."""
 
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
 import subprocess
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
-from typing import Any, TypeVar
 
 import grpc
 
 from shoal import net
-from shoal.demo import make_file, sha256_of  # noqa: F401 - the scenarios import them from here
-from shoal.localswarm import LocalSwarm, Proc, wait_serving
+from shoal.localswarm import Proc
 from shoal.v1 import control_pb2, control_pb2_grpc, tracker_pb2, tracker_pb2_grpc
 
 logger = logging.getLogger(__name__)
 
-T = TypeVar("T")
 MiB = 1024 * 1024
 
 
@@ -33,48 +29,6 @@ def shrink(root: Path, over: int = MiB) -> None:
         with contextlib.suppress(OSError):
             if path.is_file() and not path.is_symlink() and path.stat().st_size > over:
                 path.unlink()
-
-
-def wait_until(check: Callable[[], T | None], timeout: float, what: str, every: float = 0.1) -> T:
-    """Poll `check` until it returns something truthy; raise AssertionError naming `what` on timeout."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = check()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}")
-        time.sleep(every)
-
-
-def start_peers(swarm: LocalSwarm, count: int, *extra: str) -> list[Proc]:
-    """Start `count` peers at once and wait until every one serves (faster than one by one)."""
-    peers = [swarm.start_peer(*extra, wait=False) for _ in range(count)]
-    for peer in peers:
-        wait_serving(peer.address, timeout=60)
-    return peers
-
-
-def start_trackers(swarm: LocalSwarm, count: int) -> list[Proc]:
-    """Start `count` trackers at once and wait until every one serves."""
-    trackers = [swarm.start_tracker(wait=False) for _ in range(count)]
-    for tracker in trackers:
-        wait_serving(tracker.address, timeout=60)
-    return trackers
-
-
-def cli_json(swarm: LocalSwarm, peer: Proc, *args: str, timeout: float = 120) -> dict[str, Any]:
-    """Run `shoal --json ARGS` against a peer and parse its output; raise with stderr on failure."""
-    done = swarm.cli(peer, "--json", *args, timeout=timeout, check=False)
-    if done.returncode != 0:
-        raise AssertionError(f"shoal {' '.join(args)} exited {done.returncode}: {done.stderr.strip()}")
-    data: dict[str, Any] = json.loads(done.stdout)
-    return data
-
-
-def put(swarm: LocalSwarm, peer: Proc, path: Path) -> str:
-    """Publish a file on a peer; return its id."""
-    return str(cli_json(swarm, peer, "put", str(path))["file"]["file_id"])
 
 
 def control_stub(peer: Proc) -> tuple[grpc.Channel, control_pb2_grpc.ControlStub]:

@@ -19,30 +19,31 @@ from types import TracebackType
 
 import grpc
 from bench.netns import Host, Lab
-from tests.faults.harness import TrackerView, control_stub, run, wait_until
+from faults.harness import TrackerView, control_stub, run
+from helpers.polling import wait_until
 
 from shoal.localswarm import LocalSwarm, Proc
 from shoal.v1 import control_pb2
 
 logger = logging.getLogger(__name__)
 
-ROOT = Path(__file__).resolve().parents[2]
+TESTS = Path(__file__).resolve().parents[1]  # holds faults/ and helpers/: the probe's import root
 PREFIX = "shoalf-"  # distinct from the benches' prefix, so neither sweeps the other's live namespaces
 TRACKER_PORT = 7400
 PEER_PORT = 7401
 
 
 class Probe:
-    """A long-lived `python -m tests.faults.probe` inside one lab host: asks trackers for their view."""
+    """A long-lived `python -m faults.probe` inside one lab host: asks trackers for their view."""
 
     def __init__(self, host: Host) -> None:
         self._popen = subprocess.Popen(
-            host.argv([sys.executable, "-m", "tests.faults.probe"]),
+            host.argv([sys.executable, "-m", "faults.probe"]),
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             text=True,
-            cwd=ROOT,
-            env={**os.environ, "PYTHONPATH": str(ROOT)},
+            cwd=TESTS,
+            env={**os.environ, "PYTHONPATH": str(TESTS)},
         )
 
     def view(self, address: str) -> TrackerView | None:
@@ -118,7 +119,7 @@ class NsSwarm:
         self.local.trackers.append(proc)
         if self._probe is None:
             self._probe = Probe(host)
-        wait_until(lambda: self.view(address) is not None, 60, f"tracker in {host.label} to answer")
+        wait_until(lambda: self.view(address) is not None, timeout=60, what=f"tracker in {host.label} to answer")
         return proc
 
     def peer(self, host: Host, trackers: list[Proc], *extra: str) -> Proc:
@@ -130,7 +131,7 @@ class NsSwarm:
         args += ["--data-dir", str(data_dir), *extra]
         proc = Proc(name, args, address, self.workdir / f"{name}.log", self._spawn(host, name, args), data_dir)
         self.local.peers.append(proc)
-        wait_until(lambda: _answers(proc), 60, f"peer in {host.label} to answer")
+        wait_until(lambda: _answers(proc), timeout=60, what=f"peer in {host.label} to answer")
         return proc
 
     def view(self, address: str) -> TrackerView | None:

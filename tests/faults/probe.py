@@ -6,7 +6,7 @@ import json
 import logging
 import sys
 
-from tests.faults.harness import tracker_view
+from faults.harness import tracker_view
 
 logger = logging.getLogger(__name__)
 

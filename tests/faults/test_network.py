@@ -16,23 +16,14 @@ from pathlib import Path
 
 import pytest
 from bench.netns import Host
-from tests.faults.delayproxy import DelayProxy
-from tests.faults.harness import (
-    MiB,
-    TrackerView,
-    Watch,
-    make_file,
-    peer_ids,
-    put,
-    run,
-    sha256_of,
-    shrink,
-    start_peers,
-    start_trackers,
-    wait_until,
-)
-from tests.faults.nslab import NsSwarm
-from tests.faults.report import Report
+from faults.delayproxy import DelayProxy
+from faults.harness import MiB, TrackerView, Watch, peer_ids, run, shrink
+from faults.nslab import NsSwarm
+from faults.report import Check, Report, verdict
+from helpers.cli import put
+from helpers.files import make_file, sha256_of
+from helpers.polling import wait_until
+from helpers.processes import start_peers, start_trackers
 
 from shoal.localswarm import LocalSwarm, Proc, free_port
 
@@ -56,11 +47,15 @@ def lab(root_user: None, tmp_path: Path) -> Iterator[NsSwarm]:
             shrink(tmp_path)
 
 
-def _download(peer: Proc, file_id: str, output: Path, sha: str) -> Watch:
+def _download(peer: Proc, file_id: str, output: Path, sha: str) -> tuple[Watch, Check]:
+    """Download to `output`; the watch, and the check that it completed and matches `sha`."""
     watch = Watch(peer, file_id, output).start().wait(600)
-    assert watch.done, f"download on {peer.name} failed: {watch.error}"
-    assert sha256_of(output) == sha, f"download on {peer.name} does not match"
-    return watch
+    verified = watch.done and sha256_of(output) == sha
+    return watch, Check(verified, f"download on {peer.name} failed or does not match: {watch.error or 'bad sha256'}")
+
+
+def _completed(checks: list[Check]) -> str:
+    return "completed, sha256 ok" if verdict(checks) == "pass" else "FAILED"
 
 
 # Raw TCP over the same link, for scale: one stream of `size` bytes from a server in one namespace.
@@ -120,21 +115,25 @@ def test_g_packet_loss_on_source_link(lab: NsSwarm, tmp_path: Path, report: Repo
     blob = tmp_path / "g.bin"
     sha = make_file(blob, size)
     file_id = put(lab.local, source, blob)
-    wait_until(lambda: (v := lab.view(tracker.address)) is not None and bool(v.files), 30, "the file listed")
-    clean = _download(clean_peer, file_id, tmp_path / "clean.bin", sha)
+    wait_until(
+        lambda: (v := lab.view(tracker.address)) is not None and bool(v.files), timeout=30, what="the file listed"
+    )
+    clean, clean_ok = _download(clean_peer, file_id, tmp_path / "clean.bin", sha)
     lab.local.stop_proc(clean_peer)  # leaves the tracker: the next download has the lossy source only
     for chain, flag in (("INPUT", "-i"), ("OUTPUT", "-o")):
         rule = [chain, flag, src_host.dev, "-m", "statistic", "--mode", "random", "--probability", str(LOSS)]
         lab.iptables(src_host, [*rule, "-j", "DROP"])
-    lossy = _download(lossy_peer, file_id, tmp_path / "lossy.bin", sha)
+    lossy, lossy_ok = _download(lossy_peer, file_id, tmp_path / "lossy.bin", sha)
     drops = lossy_peer.log_path.read_text(errors="replace").count(f"source {source.address} sent nothing")
     tcp = _raw_tcp_seconds(lab, src_host, clean_host, 4 * MiB)
+    checks = [clean_ok, lossy_ok]
     report.add(
         f"g) {LOSS:.0%} packet loss both ways on the only source's link (iptables statistic, {size // MiB} MiB)",
         "download completes; report the slowdown",
-        f"completed, sha256 ok; {lossy.seconds:.1f} s vs {clean.seconds:.1f} s clean "
+        f"{_completed(checks)}; {lossy.seconds:.1f} s vs {clean.seconds:.1f} s clean "
         f"(x{lossy.seconds / clean.seconds:.0f}, {size / lossy.seconds / 1e6:.2f} MB/s; plain TCP on the same "
         f"lossy link {4 * MiB / tcp / 1e6:.2f} MB/s); source dropped as stalled {drops} times",
+        checks,
     )
 
 
@@ -143,6 +142,7 @@ def test_g_latency_through_delay_proxy(tmp_path: Path, report: Report) -> None:
     blob = tmp_path / "g.bin"
     sha = make_file(blob, size)
     timings: dict[str, float] = {}
+    checks: list[Check] = []
     for mode in ("clean", "delayed"):
         swarm = LocalSwarm(tmp_path / mode)
         proxy: DelayProxy | None = None
@@ -156,9 +156,11 @@ def test_g_latency_through_delay_proxy(tmp_path: Path, report: Report) -> None:
                 source = start_peers(swarm, 1)[0]
             downloader = start_peers(swarm, 1)[0]
             file_id = put(swarm, source, blob)
-            timings[mode] = _download(downloader, file_id, tmp_path / f"{mode}.bin", sha).seconds
+            watch, done = _download(downloader, file_id, tmp_path / f"{mode}.bin", sha)
+            timings[mode] = watch.seconds
+            checks.append(done)
             if proxy is not None:
-                assert proxy.connections > 0, "the download did not go through the proxy"
+                checks.append(Check(proxy.connections > 0, "the download did not go through the proxy"))
         finally:
             swarm.stop()
             if proxy is not None:
@@ -170,8 +172,9 @@ def test_g_latency_through_delay_proxy(tmp_path: Path, report: Report) -> None:
     report.add(
         f"g) +{DELAY * 1000:.0f} ms each way to the only source (delaying TCP proxy, {size // MiB} MiB)",
         "download completes; report the slowdown",
-        f"completed, sha256 ok; {delayed:.1f} s vs {clean:.1f} s clean "
+        f"{_completed(checks)}; {delayed:.1f} s vs {clean:.1f} s clean "
         f"(x{delayed / clean:.1f}, {size / delayed / 1e6:.1f} MB/s)",
+        checks,
     )
 
 
@@ -193,10 +196,12 @@ def test_i_partition_peer_from_trackers(lab: NsSwarm, tmp_path: Path, report: Re
     sha = make_file(blob, size)
     file_id = put(lab.local, seed, blob)
     blob.unlink()
-    wait_until(lambda: (v := lab.view(tracker.address)) is not None and bool(v.files), 30, "the file listed")
+    wait_until(
+        lambda: (v := lab.view(tracker.address)) is not None and bool(v.files), timeout=30, what="the file listed"
+    )
     watches = [Watch(peer, file_id, tmp_path / f"i-{peer.name}.bin").start() for peer in (cut, other)]
     for watch in watches:
-        wait_until(partial(_progress, watch, 2 * MiB), 120, "both downloads under way")
+        wait_until(partial(_progress, watch, 2 * MiB), timeout=120, what="both downloads under way")
     tracker_ip = tracker.address.rsplit(":", 1)[0]
     lab.iptables(cut_host, ["OUTPUT", "-d", tracker_ip, "-j", "DROP"])
     lab.iptables(cut_host, ["INPUT", "-s", tracker_ip, "-j", "DROP"])
@@ -219,7 +224,9 @@ def test_i_partition_peer_from_trackers(lab: NsSwarm, tmp_path: Path, report: Re
         watch.wait(300)
     addresses = {peer_ids([p]).pop(): p.address for p in (seed, cut, other)}
     expected = {file_id: (3, 0)}
-    wait_until(lambda: _exactly(lab.view(tracker.address), addresses, expected), 120, "a clean view after healing")
+    wait_until(
+        lambda: _exactly(lab.view(tracker.address), addresses, expected), timeout=120, what="a clean view after healing"
+    )
     relisted = time.monotonic() - healed
     stable = True
     for _ in range(10):  # and it stays exact over the next few announces
@@ -235,11 +242,12 @@ def test_i_partition_peer_from_trackers(lab: NsSwarm, tmp_path: Path, report: Re
         f"{relisted:.1f} s{', stable' if stable else ', NOT stable'}"
         if unlisted is not None
         else f"tracker never dropped the cut-off peer during the {partition:.0f} s partition",
-        "pass" if verified and during > 0 and stable else "fail",
+        [
+            Check(during > 0, "no bytes arrived while the peer was cut off from the tracker"),
+            Check(verified, f"downloads failed: {[w.error for w in watches]}"),
+            Check(stable, "tracker view after healing has duplicate or stale entries"),
+        ],
     )
-    assert during > 0, "no bytes arrived while the peer was cut off from the tracker"
-    assert verified, f"downloads failed: {[w.error for w in watches]}"
-    assert stable, "tracker view after healing has duplicate or stale entries"
 
 
 def _progress(watch: Watch, nbytes: int) -> bool:
@@ -256,14 +264,15 @@ def test_g_slow_single_source_is_not_dropped(lab: NsSwarm, tmp_path: Path, repor
     blob = tmp_path / "slow.bin"
     sha = make_file(blob, size)
     file_id = put(lab.local, source, blob)
-    wait_until(lambda: (v := lab.view(tracker.address)) is not None and bool(v.files), 30, "the file listed")
-    watch = _download(downloader, file_id, tmp_path / "slow-out.bin", sha)
+    wait_until(
+        lambda: (v := lab.view(tracker.address)) is not None and bool(v.files), timeout=30, what="the file listed"
+    )
+    watch, done = _download(downloader, file_id, tmp_path / "slow-out.bin", sha)
     drops = downloader.log_path.read_text(errors="replace").count(f"source {source.address} sent nothing")
     ideal = size / (cap * 0.95)  # htb counts frame headers too
     report.add(
         f"g) the only source steady but slow ({cap / 1e3:.0f} KB/s tc cap, {size // MiB} MiB, 1 MiB chunks)",
         "never dropped as stalled; close to the link's time",
         f"{watch.seconds:.1f} s vs {ideal:.1f} s at line rate; dropped as stalled {drops} times",
-        "pass" if drops == 0 else "fail",
+        [done, Check(drops == 0, f"a steady {cap / 1e3:.0f} KB/s source was dropped as stalled {drops} times")],
     )
-    assert drops == 0, f"a steady {cap / 1e3:.0f} KB/s source was dropped as stalled {drops} times"

@@ -16,23 +16,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from tests.faults.harness import (
-    MiB,
-    Watch,
-    cli_json,
-    log_time,
-    make_file,
-    peer_ids,
-    put,
-    sha256_of,
-    shrink,
-    start_peers,
-    start_trackers,
-    status,
-    tracker_view,
-    wait_until,
-)
-from tests.faults.report import Report
+from faults.harness import MiB, Watch, log_time, peer_ids, shrink, status, tracker_view
+from faults.report import Check, Report
+from helpers.cli import put, shoal_json
+from helpers.files import make_file, sha256_of
+from helpers.polling import wait_until
+from helpers.processes import start_peers, start_trackers
 
 from shoal.localswarm import LocalSwarm, Proc, wait_serving
 from shoal.peer.superseed import ACTIVE_SECONDS
@@ -94,7 +83,7 @@ class BigSwarm:
                 view = tracker_view(address)
                 return view is not None and wanted <= set(view.peer_ids)
 
-            wait_until(listed, 30, f"{tracker.name} to list the sources again")
+            wait_until(listed, timeout=30, what=f"{tracker.name} to list the sources again")
 
 
 @pytest.fixture(scope="module")
@@ -156,7 +145,9 @@ def downloader(big: BigSwarm, baseline: float) -> Iterator[Proc]:
 
 def _wait_for_share(watch: Watch, share: float) -> float:
     """Block until the download reached `share` of SIZE; return the share actually reached."""
-    wait_until(lambda: watch.done_bytes() >= SIZE * share or watch.finished, 120, f"{share:.0%} of the download")
+    wait_until(
+        lambda: watch.done_bytes() >= SIZE * share or watch.finished, timeout=120, what=f"{share:.0%} of the download"
+    )
     return watch.done_bytes() / SIZE
 
 
@@ -175,10 +166,11 @@ def test_a_kill9_one_of_three_sources(big: BigSwarm, downloader: Proc, baseline:
         "download completes and verifies",
         f"{'completed, sha256 ok' if verified else 'FAILED ' + watch.error}; killed at {at:.0%}; "
         f"{watch.seconds:.1f} s vs {baseline:.1f} s clean; data from {peers} peers",
-        "pass" if verified else "fail",
+        [
+            Check(watch.done, f"download failed after a source died: {watch.error}"),
+            Check(verified, "downloaded file does not match"),
+        ],
     )
-    assert watch.done, f"download failed after a source died: {watch.error}"
-    assert verified, "downloaded file does not match"
 
 
 def test_b_stop_one_source(big: BigSwarm, downloader: Proc, baseline: float, report: Report) -> None:
@@ -207,10 +199,11 @@ def test_b_stop_one_source(big: BigSwarm, downloader: Proc, baseline: float, rep
         f"source dropped {switch} after STOP; {before / 1e6:.0f} MB/s before, {frozen / 1e6:.0f} MB/s until then; "
         f"longest progress stall {stall:.1f} s; "
         f"{watch.seconds:.1f} s vs {baseline:.1f} s clean (+{watch.seconds - baseline:.1f} s)",
-        "pass" if verified else "fail",
+        [
+            Check(watch.done, f"download failed while a source was frozen: {watch.error}"),
+            Check(verified, "downloaded file does not match"),
+        ],
     )
-    assert watch.done, f"download failed while a source was frozen: {watch.error}"
-    assert verified, "downloaded file does not match"
 
 
 def test_b_only_holder_paused_is_kept(big: BigSwarm, report: Report) -> None:
@@ -226,7 +219,9 @@ def test_b_only_holder_paused_is_kept(big: BigSwarm, report: Report) -> None:
         blob.unlink()
         output = _output(big, "only.bin")
         watch = Watch(peer, file_id, output).start()
-        wait_until(lambda: watch.done_bytes() >= size * 0.25 or watch.finished, 60, "a quarter of the download")
+        wait_until(
+            lambda: watch.done_bytes() >= size * 0.25 or watch.finished, timeout=60, what="a quarter of the download"
+        )
         big.swarm.signal(holder, signal.SIGSTOP)
         time.sleep(pause)
         big.swarm.signal(holder, signal.SIGCONT)
@@ -238,11 +233,12 @@ def test_b_only_holder_paused_is_kept(big: BigSwarm, report: Report) -> None:
             "download completes; the only holder is not dropped as stalled",
             f"{'completed, sha256 ok' if verified else 'FAILED ' + watch.error}; "
             f"{'dropped as stalled' if dropped else 'kept'}; {watch.seconds:.1f} s",
-            "pass" if verified and not dropped else "fail",
+            [
+                Check(watch.done, f"download failed while the only holder was paused: {watch.error}"),
+                Check(verified, "downloaded file does not match"),
+                Check(not dropped, "the only holder was dropped as stalled"),
+            ],
         )
-        assert watch.done, f"download failed while the only holder was paused: {watch.error}"
-        assert verified, "downloaded file does not match"
-        assert not dropped, "the only holder was dropped as stalled"
     finally:
         big.swarm.signal(holder, signal.SIGCONT)
         big.dismiss(peer, holder, best_effort=True)
@@ -269,11 +265,11 @@ def test_h_restart_downloader_resumes(big: BigSwarm, report: Report) -> None:
         on_disk = _chunks_on_disk(peer, big.file_id)
         big.swarm.restart(peer)
         joined = _output(big, "h-joined.bin")
-        final = cli_json(big.swarm, peer, "get", big.file_id, "-o", str(joined), timeout=300)
+        final = shoal_json(big.swarm, peer, "get", big.file_id, "-o", str(joined), timeout=300)
         resumed = int(final["sources"]["resumed_chunks"])
         downloaded = status(peer).downloaded_bytes
         expected = SIZE - on_disk * CHUNK
-        wait_until(recorded.exists, 30, "the resumed download's export to the recorded output path")
+        wait_until(recorded.exists, timeout=30, what="the resumed download's export to the recorded output path")
         verified = sha256_of(recorded) == big.sha256 and sha256_of(joined) == big.sha256
         report.add(
             "h) kill -9 the downloader at half, restart it (256 MiB)",
@@ -281,12 +277,13 @@ def test_h_restart_downloader_resumes(big: BigSwarm, report: Report) -> None:
             f"killed at {at:.0%} with {on_disk}/{SIZE // CHUNK} chunks on disk; after restart resumed_chunks="
             f"{resumed}, downloaded {downloaded / MiB:.0f} MiB (missing: {expected / MiB:.0f} MiB); "
             f"export {'ok' if verified else 'BAD'}",
-            "pass" if verified and downloaded == expected and resumed == on_disk else "fail",
+            [
+                Check(0 < on_disk < SIZE // CHUNK, "the kill did not land mid-download"),
+                Check(resumed == on_disk, "restarted download did not start from the chunks on disk"),
+                Check(downloaded == expected, "restarted peer fetched more (or less) than the missing chunks"),
+                Check(verified, "exported file does not match"),
+            ],
         )
-        assert 0 < on_disk < SIZE // CHUNK, "the kill did not land mid-download"
-        assert resumed == on_disk, "restarted download did not start from the chunks on disk"
-        assert downloaded == expected, "restarted peer fetched more (or less) than the missing chunks"
-        assert verified, "exported file does not match"
     finally:
         big.dismiss(peer, best_effort=True)
 
@@ -307,6 +304,5 @@ def test_back_to_back_downloads_keep_full_speed(big: BigSwarm, report: Report) -
         "super-seeding: a download starting right after another downloader left (256 MiB, 3 sources)",
         "as fast as the first (no fault injected)",
         f"{second:.1f} s vs {first:.1f} s for the first (x{second / first:.1f})",
-        "pass" if second <= 1.5 * first + 1.0 else "FAIL",
+        [Check(second <= 1.5 * first + 1.0, f"second download took {second:.1f}s, first {first:.1f}s")],
     )
-    assert second <= 1.5 * first + 1.0, f"second download took {second:.1f}s, first {first:.1f}s"

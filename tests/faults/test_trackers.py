@@ -15,21 +15,12 @@ from functools import partial
 from pathlib import Path
 
 import pytest
-from tests.faults.harness import (
-    MiB,
-    TrackerView,
-    Watch,
-    make_file,
-    peer_ids,
-    put,
-    sha256_of,
-    shrink,
-    start_peers,
-    start_trackers,
-    tracker_view,
-    wait_until,
-)
-from tests.faults.report import Report
+from faults.harness import MiB, TrackerView, Watch, peer_ids, shrink, tracker_view
+from faults.report import Check, Report
+from helpers.cli import put, shoal
+from helpers.files import make_file, sha256_of
+from helpers.polling import wait_until
+from helpers.processes import start_peers, start_trackers
 
 from shoal.config import DEFAULT_ANNOUNCE_INTERVAL, DEFAULT_TTL_INTERVALS
 from shoal.localswarm import LocalSwarm, Proc
@@ -92,7 +83,7 @@ def test_c_kill_one_of_two_trackers_no_failed_calls(swarm: LocalSwarm, tmp_path:
 
     def call(peer: Proc, *args: str) -> str:
         calls[args[0]] += 1
-        done = swarm.cli(peer, *args, timeout=60, check=False)
+        done = shoal(swarm, peer, *args, timeout=60)
         if done.returncode != 0:
             failures.append(f"{' '.join(args[:1])}: exit {done.returncode}: {done.stderr.strip()}")
         return done.stdout
@@ -122,9 +113,8 @@ def test_c_kill_one_of_two_trackers_no_failed_calls(swarm: LocalSwarm, tmp_path:
         f"{len(failures)} failed of {total} calls ({rounds} rounds: "
         + ", ".join(f"{n} {k}" for k, n in calls.items())
         + ")",
-        "pass" if not failures else "fail",
+        [Check(not failures, f"{len(failures)} calls failed with one tracker down: {failures[:5]}")],
     )
-    assert not failures, f"{len(failures)} calls failed with one tracker down: {failures[:5]}"
 
 
 def test_d_restart_tracker_empty_rebuilds_view(swarm: LocalSwarm, tmp_path: Path, report: Report) -> None:
@@ -135,8 +125,12 @@ def test_d_restart_tracker_empty_rebuilds_view(swarm: LocalSwarm, tmp_path: Path
         make_file(path, 256 * 1024)
         put(swarm, peer, path)
     ids = peer_ids(peers)
-    files = wait_until(lambda: _files_on(trackers[1].address, len(peers)), 30, "the other replica to list every file")
-    wait_until(lambda: _complete(tracker_view(trackers[0].address), ids, files), 30, "a full view before the kill")
+    files = wait_until(
+        lambda: _files_on(trackers[1].address, len(peers)), timeout=30, what="the other replica to list every file"
+    )
+    wait_until(
+        lambda: _complete(tracker_view(trackers[0].address), ids, files), timeout=30, what="a full view before the kill"
+    )
     _kill(swarm, trackers[0])
     time.sleep(2 * INTERVAL)  # peers back off while the replica is gone
     swarm.restart(trackers[0])  # same port, empty registry; returns once SERVING
@@ -163,12 +157,14 @@ def test_d_restart_tracker_empty_rebuilds_view(swarm: LocalSwarm, tmp_path: Path
         f"view complete within one interval ({INTERVAL:.0f} s)",
         f"complete {took:.1f} s after SERVING; peers relisted after {times[0]:.1f}..{times[-1]:.1f} s, "
         f"{over} of {len(peers)} later than one interval (empty at SERVING: {'yes' if empty else 'no'})"
+        + (f"; over one interval, within the {bound:.0f} s bound (a known bug)" if took > INTERVAL else "")
         if took is not None
         else "never complete within 30 s",
-        "fail" if took is None or took > bound else ("pass" if took <= INTERVAL else "pass (> 1 interval: bug)"),
+        [
+            Check(took is not None, "the restarted replica never listed every peer and file again"),
+            Check(took is None or took <= bound, f"restarted replica needed {took}s for a full view"),
+        ],
     )
-    assert took is not None, "the restarted replica never listed every peer and file again"
-    assert took <= bound, f"restarted replica needed {took:.1f}s for a full view"
 
 
 def test_e_killed_peer_unlisted_within_10s(swarm: LocalSwarm, tmp_path: Path, report: Report) -> None:
@@ -181,7 +177,7 @@ def test_e_killed_peer_unlisted_within_10s(swarm: LocalSwarm, tmp_path: Path, re
         file_id = put(swarm, peer, path)
     ids = peer_ids(peers)
     for tracker in trackers:
-        wait_until(partial(_full, tracker.address, ids, {file_id: (3, 0)}), 30, "every peer listed")
+        wait_until(partial(_full, tracker.address, ids, {file_id: (3, 0)}), timeout=30, what="every peer listed")
     victim = peers[0]
     victim_id = peer_ids([victim]).pop()
     _kill(swarm, victim)
@@ -199,11 +195,14 @@ def test_e_killed_peer_unlisted_within_10s(swarm: LocalSwarm, tmp_path: Path, re
     report.add(
         "e) kill -9 a peer (default interval 3 s, TTL 9 s, 2 trackers)",
         "no tracker lists it after 10 s",
-        "unlisted after " + ", ".join(f"{t:.1f} s" for t in sorted(gone_after.values())) or "never",
-        "pass" if worst <= 10.0 else "fail",
+        "unlisted after "
+        + (", ".join(f"{t:.1f} s" for t in sorted(gone_after.values())) or "never")
+        + f" on {len(gone_after)} of {len(trackers)} trackers",
+        [
+            Check(len(gone_after) == len(trackers), "a tracker still lists the dead peer after 30 s"),
+            Check(worst <= 10.0, f"dead peer listed for {worst:.1f}s"),
+        ],
     )
-    assert len(gone_after) == len(trackers), "a tracker still lists the dead peer after 30 s"
-    assert worst <= 10.0, f"dead peer listed for {worst:.1f}s"
 
 
 def test_f_all_trackers_down_30s(swarm: LocalSwarm, tmp_path: Path, report: Report) -> None:
@@ -216,10 +215,10 @@ def test_f_all_trackers_down_30s(swarm: LocalSwarm, tmp_path: Path, report: Repo
     file_id = put(swarm, seed, path)
     path.unlink()
     everyone = [seed, *leechers]
-    wait_until(lambda: _files_on(trackers[0].address, 1), 30, "the file listed")
+    wait_until(lambda: _files_on(trackers[0].address, 1), timeout=30, what="the file listed")
     watches = [Watch(peer, file_id, tmp_path / f"f-{peer.name}.bin").start() for peer in leechers]
     for watch in watches:
-        wait_until(partial(_under_way, watch), 60, "every download under way")
+        wait_until(partial(_under_way, watch), timeout=60, what="every download under way")
     for tracker in trackers:
         _kill(swarm, tracker)
     down = time.monotonic()
@@ -250,9 +249,10 @@ def test_f_all_trackers_down_30s(swarm: LocalSwarm, tmp_path: Path, report: Repo
         f"{' / '.join(f'{s:.0f}' for s in shares)} MiB from fellow leechers; full view on both replicas "
         + ", ".join(f"{t:.1f} s" for t in sorted(rebuilt.values()))
         + " after restart",
-        "pass" if verified and all(t is not None for t in during) and len(rebuilt) == len(trackers) else "fail",
+        [
+            Check(all(w.done for w in watches), f"downloads failed: {[w.error for w in watches]}"),
+            Check(all(t is not None for t in during), "a download needed the trackers back to finish"),
+            Check(verified, "a downloaded file does not match"),
+            Check(len(rebuilt) == len(trackers), "a restarted tracker never listed every peer and file again"),
+        ],
     )
-    assert all(w.done for w in watches), f"downloads failed: {[w.error for w in watches]}"
-    assert all(t is not None for t in during), "a download needed the trackers back to finish"
-    assert verified, "a downloaded file does not match"
-    assert len(rebuilt) == len(trackers), "a restarted tracker never listed every peer and file again"

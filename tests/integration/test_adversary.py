@@ -6,20 +6,20 @@ import asyncio
 import contextlib
 import json
 import os
-import sys
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import grpc
 import pytest
+from helpers.cli import shoal_async
+from helpers.files import make_file, sha256_of
+from helpers.polling import wait_until_async
+from helpers.processes import start_peers
 
 from shoal import content
-from shoal.demo import sha256_of
 from shoal.localswarm import LocalSwarm, Proc
 from shoal.v1 import common_pb2, peer_pb2, peer_pb2_grpc, tracker_pb2, tracker_pb2_grpc
 
-MakeFile = Callable[[Path, int], str]
-CLI_TIMEOUT = 120.0
 CHUNK = 64 * 1024
 
 
@@ -107,39 +107,14 @@ async def liar() -> AsyncIterator[LyingPeer]:
         await server.stop(0)
 
 
-async def cli(peer: Proc, *args: str) -> tuple[int, str, str]:
-    """Run a client command without blocking the loop the liar serves on."""
-    proc = await asyncio.create_subprocess_exec(
-        *[sys.executable, "-m", "shoal.cli", "--peer", peer.control, *args],
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-    )
-    try:
-        out, err = await asyncio.wait_for(proc.communicate(), CLI_TIMEOUT)
-    except TimeoutError:
-        proc.kill()
-        await proc.wait()
-        raise
-    assert proc.returncode is not None
-    return proc.returncode, out.decode(), err.decode()
-
-
-async def wait_holders(peer: Proc, file_id: str, expected: set[str], timeout: float = 15.0) -> None:
+async def wait_holders(peer: Proc, file_id: str, expected: set[str]) -> None:
     """Poll `peers` from `peer` until the tracker lists exactly `expected`."""
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    while True:
-        code, out, err = await cli(peer, "--json", "peers", file_id)
-        listed = {h["peer"]["peer_id"] for h in json.loads(out)["holders"]} if code == 0 else set()
-        if listed == expected:
-            return
-        assert loop.time() < deadline, f"holders {listed}, expected {expected} ({err.strip()})"
-        await asyncio.sleep(0.1)
 
+    async def listed() -> bool:
+        code, out, _ = await shoal_async(peer, "--json", "peers", file_id)
+        return ({h["peer"]["peer_id"] for h in json.loads(out)["holders"]} if code == 0 else set()) == expected
 
-def start_peers(swarm: LocalSwarm, *args: tuple[str, ...]) -> list[Proc]:
-    peers = [swarm.start_peer(*extra) for extra in args]
-    return peers
+    await wait_until_async(listed, what=f"exactly {sorted(expected)} listed as holders")
 
 
 @pytest.mark.parametrize(
@@ -151,14 +126,15 @@ def start_peers(swarm: LocalSwarm, *args: tuple[str, ...]) -> list[Proc]:
     ids=["wrong-bytes", "oversized"],
 )
 async def test_bad_chunks_are_rejected_and_the_liar_banned(
-    swarm: LocalSwarm, liar: LyingPeer, tmp_path: Path, make_file: MakeFile, oversized: bool
+    swarm: LocalSwarm, liar: LyingPeer, tmp_path: Path, oversized: bool
 ) -> None:
     liar.oversized = oversized
     # The honest seeder is capped at 2 MiB/s so the liar, who answers at once, gets plenty of requests.
-    seeder, downloader = start_peers(swarm, ("--upload-limit", str(2 * 1024 * 1024)), ())
+    (seeder,) = start_peers(swarm, 1, "--upload-limit", str(2 * 1024 * 1024))
+    (downloader,) = start_peers(swarm, 1)
     source = tmp_path / "honest.bin"
     digest = make_file(source, 4 * 1024 * 1024)
-    code, out, err = await cli(seeder, "put", str(source), "--chunk-size", str(CHUNK))
+    code, out, err = await shoal_async(seeder, "put", str(source), "--chunk-size", str(CHUNK))
     assert code == 0, err
     file_id = out.splitlines()[-1]
     async with grpc.aio.insecure_channel(seeder.address) as channel:
@@ -167,12 +143,12 @@ async def test_bad_chunks_are_rejected_and_the_liar_banned(
         )
     liar.file_id, liar.manifest = file_id, reply.manifest
     liar.start_announcing(swarm.trackers[0].address)
-    code, out, err = await cli(seeder, "status", "--json")
+    code, out, err = await shoal_async(seeder, "status", "--json")
     seeder_id = json.loads(out)["peer"]["peer_id"]
     await wait_holders(downloader, file_id, {seeder_id, liar.peer_id})
 
     output = tmp_path / "fetched.bin"
-    code, out, err = await cli(downloader, "--json", "get", file_id, "--output", str(output))
+    code, out, err = await shoal_async(downloader, "--json", "get", file_id, "--output", str(output))
     assert code == 0, err
     assert sha256_of(output) == digest
     sources = json.loads(out)["sources"]
@@ -204,9 +180,9 @@ def forged(manifest: common_pb2.Manifest, how: str) -> common_pb2.Manifest:
 
 @pytest.mark.parametrize("how", ["chunk-hash", "file-hash", "size", "path-name"])
 async def test_forged_manifest_from_the_only_holder_fails_cleanly(
-    swarm: LocalSwarm, liar: LyingPeer, tmp_path: Path, make_file: MakeFile, how: str
+    swarm: LocalSwarm, liar: LyingPeer, tmp_path: Path, how: str
 ) -> None:
-    (downloader,) = start_peers(swarm, ())
+    (downloader,) = start_peers(swarm, 1)
     source = tmp_path / "real.bin"
     make_file(source, 10 * CHUNK + 5)
     builder = content.ManifestBuilder("real.bin", CHUNK)
@@ -220,7 +196,7 @@ async def test_forged_manifest_from_the_only_holder_fails_cleanly(
 
     output = tmp_path / "out" / "never.bin"
     output.parent.mkdir()
-    code, out, err = await cli(downloader, "get", file_id, "--output", str(output))
+    code, out, err = await shoal_async(downloader, "get", file_id, "--output", str(output))
     assert code != 0
     lines = err.splitlines()
     assert len(lines) == 1 and "Traceback" not in err, err
@@ -230,6 +206,6 @@ async def test_forged_manifest_from_the_only_holder_fails_cleanly(
     assert downloader.data_dir is not None
     for sub in ("files", "partial"):
         assert list((downloader.data_dir / sub).iterdir()) == [], sub
-    code, out, err = await cli(downloader, "ls", "--json")
+    code, out, err = await shoal_async(downloader, "ls", "--json")
     assert json.loads(out)["files"] == []
     assert not (tmp_path / "escaped.bin").exists()

@@ -10,6 +10,7 @@ from typing import Any
 import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
+from helpers.cli import ok, shoal
 
 from shoal.localswarm import LocalSwarm, Proc
 from shoal.v1 import (
@@ -43,9 +44,9 @@ def target(module_swarm: LocalSwarm, tmp_path_factory: pytest.TempPathFactory) -
     peer = module_swarm.start_peer()
     source = tmp_path_factory.mktemp("files") / "three-chunks.bin"
     source.write_bytes(bytes(range(256)) * 64 * 3 * 4)  # 3 chunks of 64 KiB
-    put = module_swarm.cli(peer, "put", str(source), "--chunk-size", "65536", timeout=60)
-    assert ", 3 chunks)" in put.stdout
-    return Target(module_swarm, peer, put.stdout.splitlines()[-1], source)
+    put = ok(shoal(module_swarm, peer, "put", str(source), "--chunk-size", "65536"))
+    assert ", 3 chunks)" in put
+    return Target(module_swarm, peer, put.splitlines()[-1], source)
 
 
 @pytest.fixture

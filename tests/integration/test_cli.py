@@ -8,18 +8,18 @@ import re
 import stat
 import subprocess
 import sys
-import time
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pytest
+from helpers.cli import ok, put, shoal
+from helpers.files import make_file, sha256_of
+from helpers.polling import wait_until
+from helpers.processes import start_peers
 
-from shoal.demo import sha256_of
-from shoal.localswarm import LocalSwarm, Proc, free_port, wait_serving
+from shoal.localswarm import LocalSwarm, Proc, free_port
 
-MakeFile = Callable[[Path, int], str]
 FILE_ID = re.compile(r"[0-9a-f]{64}")
 UNKNOWN_ID = "0123456789abcdef" * 4
 CLI_TIMEOUT = 60.0
@@ -36,22 +36,8 @@ class Pair:
 
 @pytest.fixture(scope="module")
 def pair(module_swarm: LocalSwarm) -> Pair:
-    seeder = module_swarm.start_peer(wait=False)
-    leecher = module_swarm.start_peer(wait=False)
-    for peer in (seeder, leecher):
-        wait_serving(peer.address)
+    seeder, leecher = start_peers(module_swarm, 2)
     return Pair(module_swarm, seeder, leecher)
-
-
-def run(pair: Pair, peer: Proc, *args: str) -> subprocess.CompletedProcess[str]:
-    """Run one client command against `peer`; never raises on a non-zero exit."""
-    return pair.swarm.cli(peer, *args, timeout=CLI_TIMEOUT, check=False)
-
-
-def ok(result: subprocess.CompletedProcess[str]) -> str:
-    """Assert a command succeeded and return its stdout."""
-    assert result.returncode == 0, f"exit {result.returncode}: {result.stderr}"
-    return result.stdout
 
 
 def assert_one_line_error(result: subprocess.CompletedProcess[str], code: int, text: str) -> None:
@@ -64,47 +50,36 @@ def assert_one_line_error(result: subprocess.CompletedProcess[str], code: int, t
     assert "Traceback" not in result.stderr + result.stdout
 
 
-def put(pair: Pair, path: Path, *extra: str) -> str:
-    """Publish on the seeder; return the id (the last stdout line)."""
-    return ok(run(pair, pair.seeder, "put", str(path), *extra)).splitlines()[-1]
-
-
-def wait_listed(pair: Pair, file_id: str, timeout: float = 15.0) -> None:
+def wait_listed(pair: Pair, file_id: str) -> None:
     """Wait until the leecher hears from the tracker that someone holds `file_id`."""
-    deadline = time.monotonic() + timeout
-    while True:
-        result = run(pair, pair.leecher, "peers", file_id)
-        if result.returncode == 0:
-            return
-        assert time.monotonic() < deadline, f"{file_id} never listed: {result.stderr}"
-        time.sleep(0.1)
+    wait_until(lambda: shoal(pair.swarm, pair.leecher, "peers", file_id).returncode == 0, what=f"{file_id} listed")
 
 
 def status(pair: Pair, peer: Proc) -> dict[str, Any]:
-    data = json.loads(ok(run(pair, peer, "status", "--json")))
+    data = json.loads(ok(shoal(pair.swarm, peer, "status", "--json")))
     assert isinstance(data, dict)
     return data
 
 
-def test_put_prints_the_id_last(pair: Pair, tmp_path: Path, make_file: MakeFile) -> None:
+def test_put_prints_the_id_last(pair: Pair, tmp_path: Path) -> None:
     source = tmp_path / "notes.bin"
     make_file(source, 300_000)
-    lines = ok(run(pair, pair.seeder, "put", str(source))).splitlines()
+    lines = ok(shoal(pair.swarm, pair.seeder, "put", str(source))).splitlines()
     assert FILE_ID.fullmatch(lines[-1]), lines
     assert lines[0].startswith("published notes.bin ("), lines
-    as_json = json.loads(ok(run(pair, pair.seeder, "--json", "put", str(source))))
+    as_json = json.loads(ok(shoal(pair.swarm, pair.seeder, "--json", "put", str(source))))
     assert as_json["file"]["file_id"] == lines[-1]
     assert as_json["file"]["size"] == 300_000
 
 
-def test_get_writes_an_identical_file_and_prints_a_summary(pair: Pair, tmp_path: Path, make_file: MakeFile) -> None:
+def test_get_writes_an_identical_file_and_prints_a_summary(pair: Pair, tmp_path: Path) -> None:
     source = tmp_path / "data.bin"
     digest = make_file(source, 3 * 1024 * 1024 + 17)
-    file_id = put(pair, source)
+    file_id = put(pair.swarm, pair.seeder, source)
     wait_listed(pair, file_id)
     output = tmp_path / "out" / "copy.bin"
     output.parent.mkdir()
-    result = run(pair, pair.leecher, "get", file_id, "--output", str(output))
+    result = shoal(pair.swarm, pair.leecher, "get", file_id, "--output", str(output))
     lines = ok(result).splitlines()
     assert sha256_of(output) == digest
     assert len(lines) == 1, lines
@@ -116,43 +91,43 @@ def test_get_writes_an_identical_file_and_prints_a_summary(pair: Pair, tmp_path:
     assert result.stderr == ""
 
 
-def test_search_is_a_case_insensitive_substring(pair: Pair, tmp_path: Path, make_file: MakeFile) -> None:
+def test_search_is_a_case_insensitive_substring(pair: Pair, tmp_path: Path) -> None:
     tag = os.urandom(4).hex()
     source = tmp_path / "whatever.bin"
     make_file(source, 50_000)
-    file_id = put(pair, source, "--name", f"Quarterly-Report-{tag}.ISO")
+    file_id = put(pair.swarm, pair.seeder, source, "--name", f"Quarterly-Report-{tag}.ISO")
     wait_listed(pair, file_id)
     for term in (f"report-{tag}", f"QUARTERLY-REPORT-{tag.upper()}", f"{tag}.iso"):
-        found = ok(run(pair, pair.leecher, "search", term)).splitlines()
+        found = ok(shoal(pair.swarm, pair.leecher, "search", term)).splitlines()
         assert len(found) == 1, (term, found)
         assert found[0].startswith(file_id), found
         assert f"Quarterly-Report-{tag}.ISO" in found[0]
         assert "(1 complete, 0 partial)" in found[0]
-    result = run(pair, pair.leecher, "search", f"no-such-{tag}")
+    result = shoal(pair.swarm, pair.leecher, "search", f"no-such-{tag}")
     assert result.returncode == 0
     assert result.stdout == ""
     assert "no file matches" in result.stderr
 
 
-def test_peers_lists_the_holder(pair: Pair, tmp_path: Path, make_file: MakeFile) -> None:
+def test_peers_lists_the_holder(pair: Pair, tmp_path: Path) -> None:
     source = tmp_path / "held.bin"
     make_file(source, 10_000)
-    file_id = put(pair, source)
+    file_id = put(pair.swarm, pair.seeder, source)
     wait_listed(pair, file_id)
     seeder = status(pair, pair.seeder)["peer"]
     assert isinstance(seeder, dict)
-    lines = ok(run(pair, pair.leecher, "peers", file_id)).splitlines()
+    lines = ok(shoal(pair.swarm, pair.leecher, "peers", file_id)).splitlines()
     assert lines == [f"{seeder['peer_id']}  {seeder['address']}  complete"]
     assert seeder["address"] == pair.seeder.address
 
 
-def test_ls_shows_what_the_peer_holds(pair: Pair, tmp_path: Path, make_file: MakeFile) -> None:
+def test_ls_shows_what_the_peer_holds(pair: Pair, tmp_path: Path) -> None:
     source = tmp_path / "listed.bin"
     make_file(source, 2048)
-    file_id = put(pair, source)
-    lines = ok(run(pair, pair.seeder, "ls")).splitlines()
+    file_id = put(pair.swarm, pair.seeder, source)
+    lines = ok(shoal(pair.swarm, pair.seeder, "ls")).splitlines()
     assert any(line.startswith(file_id) and "listed.bin" in line and line.endswith("complete") for line in lines)
-    files = json.loads(ok(run(pair, pair.seeder, "ls", "--json")))["files"]
+    files = json.loads(ok(shoal(pair.swarm, pair.seeder, "ls", "--json")))["files"]
     mine = [f for f in files if f["file"]["file_id"] == file_id]
     assert mine == [
         {
@@ -164,9 +139,9 @@ def test_ls_shows_what_the_peer_holds(pair: Pair, tmp_path: Path, make_file: Mak
     ]
 
 
-def test_status_text_and_json_reflect_the_transfer(pair: Pair, tmp_path: Path, make_file: MakeFile) -> None:
+def test_status_text_and_json_reflect_the_transfer(pair: Pair, tmp_path: Path) -> None:
     tracker = pair.swarm.trackers[0].address
-    text = ok(run(pair, pair.leecher, "status"))
+    text = ok(shoal(pair.swarm, pair.leecher, "status"))
     assert re.search(r"^peer +[0-9a-f]{32}$", text, re.M), text
     assert f"address   {pair.leecher.address}" in text
     assert f"trackers  {tracker} (up: {tracker})" in text
@@ -176,9 +151,9 @@ def test_status_text_and_json_reflect_the_transfer(pair: Pair, tmp_path: Path, m
     size = 2 * 1024 * 1024 + 5
     source = tmp_path / "counted.bin"
     make_file(source, size)
-    file_id = put(pair, source, "--chunk-size", "65536")
+    file_id = put(pair.swarm, pair.seeder, source, "--chunk-size", "65536")
     wait_listed(pair, file_id)
-    ok(run(pair, pair.leecher, "get", file_id, "--output", str(tmp_path / "counted.out")))
+    ok(shoal(pair.swarm, pair.leecher, "get", file_id, "--output", str(tmp_path / "counted.out")))
     seeder_after, leecher_after = status(pair, pair.seeder), status(pair, pair.leecher)
     for data in (seeder_before, leecher_before, seeder_after, leecher_after):
         for key in ("uploaded_bytes", "downloaded_bytes"):
@@ -193,37 +168,35 @@ def test_status_text_and_json_reflect_the_transfer(pair: Pair, tmp_path: Path, m
     [(0, [], 0), (131072, ["--chunk-size", "65536"], 2)],
     ids=["empty", "two-chunks"],
 )
-def test_edge_sizes_round_trip(
-    pair: Pair, tmp_path: Path, make_file: MakeFile, size: int, extra: list[str], chunks: int
-) -> None:
+def test_edge_sizes_round_trip(pair: Pair, tmp_path: Path, size: int, extra: list[str], chunks: int) -> None:
     source = tmp_path / "edge.bin"
     digest = make_file(source, size)
-    lines = ok(run(pair, pair.seeder, "put", str(source), *extra)).splitlines()
+    lines = ok(shoal(pair.swarm, pair.seeder, "put", str(source), *extra)).splitlines()
     assert f", {chunks} chunks)" in lines[0], lines
     file_id = lines[-1]
     wait_listed(pair, file_id)
     output = tmp_path / "edge.out"
-    ok(run(pair, pair.leecher, "get", file_id, "--output", str(output)))
+    ok(shoal(pair.swarm, pair.leecher, "get", file_id, "--output", str(output)))
     assert output.stat().st_size == size
     assert sha256_of(output) == digest
-    listed = json.loads(ok(run(pair, pair.leecher, "ls", "--json")))["files"]
+    listed = json.loads(ok(shoal(pair.swarm, pair.leecher, "ls", "--json")))["files"]
     assert [(f["complete"], f["chunks_total"]) for f in listed if f["file"]["file_id"] == file_id] == [(True, chunks)]
 
 
 @pytest.mark.parametrize("name", ["a/b", "..", "../up", "/etc/passwd", "."])
-def test_put_rejects_names_that_are_paths(pair: Pair, tmp_path: Path, make_file: MakeFile, name: str) -> None:
+def test_put_rejects_names_that_are_paths(pair: Pair, tmp_path: Path, name: str) -> None:
     source = tmp_path / "plain.bin"
     make_file(source, 100)
-    result = run(pair, pair.seeder, "put", str(source), "--name", name)
+    result = shoal(pair.swarm, pair.seeder, "put", str(source), "--name", name)
     assert_one_line_error(result, 2, "invalid file name")
-    names = [f["file"]["name"] for f in json.loads(ok(run(pair, pair.seeder, "ls", "--json")))["files"]]
+    names = [f["file"]["name"] for f in json.loads(ok(shoal(pair.swarm, pair.seeder, "ls", "--json")))["files"]]
     assert name not in names
 
 
 @pytest.mark.parametrize("command", ["get", "peers"])
 def test_malformed_id_is_a_usage_error(pair: Pair, tmp_path: Path, command: str) -> None:
     extra = ["--output", str(tmp_path / "x")] if command == "get" else []
-    result = run(pair, pair.leecher, command, "not-a-file-id", *extra)
+    result = shoal(pair.swarm, pair.leecher, command, "not-a-file-id", *extra)
     assert_one_line_error(result, 2, "malformed file id 'not-a-file-id'")
 
 
@@ -231,7 +204,7 @@ def test_malformed_id_is_a_usage_error(pair: Pair, tmp_path: Path, command: str)
 def test_unknown_id_is_not_found(pair: Pair, tmp_path: Path, command: str) -> None:
     output = tmp_path / "never"
     extra = ["--output", str(output)] if command == "get" else []
-    result = run(pair, pair.leecher, command, UNKNOWN_ID, *extra)
+    result = shoal(pair.swarm, pair.leecher, command, UNKNOWN_ID, *extra)
     assert_one_line_error(result, 4, f"no live peer holds {'file ' if command == 'get' else ''}{UNKNOWN_ID}")
     assert not output.exists()
 
@@ -249,31 +222,31 @@ def test_unreachable_daemon_exits_3(pair: Pair, tmp_path: Path) -> None:
 
 def test_put_of_a_missing_path_exits_4(pair: Pair, tmp_path: Path) -> None:
     missing = tmp_path / "missing.bin"
-    assert_one_line_error(run(pair, pair.seeder, "put", str(missing)), 4, f"no such file: {missing}")
+    assert_one_line_error(shoal(pair.swarm, pair.seeder, "put", str(missing)), 4, f"no such file: {missing}")
 
 
-def test_get_into_a_missing_directory_fails(pair: Pair, tmp_path: Path, make_file: MakeFile) -> None:
+def test_get_into_a_missing_directory_fails(pair: Pair, tmp_path: Path) -> None:
     source = tmp_path / "dirless.bin"
     make_file(source, 1000)
-    file_id = put(pair, source)
+    file_id = put(pair.swarm, pair.seeder, source)
     output = tmp_path / "no" / "such" / "dir" / "out.bin"
-    result = run(pair, pair.leecher, "get", file_id, "--output", str(output))
+    result = shoal(pair.swarm, pair.leecher, "get", file_id, "--output", str(output))
     assert_one_line_error(result, 4, f"output directory does not exist: {output.parent}")
     assert not output.parent.exists()
 
 
-def test_get_into_an_existing_directory_fails(pair: Pair, tmp_path: Path, make_file: MakeFile) -> None:
+def test_get_into_an_existing_directory_fails(pair: Pair, tmp_path: Path) -> None:
     source = tmp_path / "to-dir.bin"
     make_file(source, 1000)
-    file_id = put(pair, source)
+    file_id = put(pair.swarm, pair.seeder, source)
     wait_listed(pair, file_id)
-    result = run(pair, pair.leecher, "get", file_id, "--output", str(tmp_path))
+    result = shoal(pair.swarm, pair.leecher, "get", file_id, "--output", str(tmp_path))
     assert_one_line_error(result, 1, f"output is a directory: {tmp_path}")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["to-dir.bin"]
 
 
 def test_put_of_a_directory_is_a_usage_error(pair: Pair, tmp_path: Path) -> None:
-    assert_one_line_error(run(pair, pair.seeder, "put", str(tmp_path)), 2, f"not a regular file: {tmp_path}")
+    assert_one_line_error(shoal(pair.swarm, pair.seeder, "put", str(tmp_path)), 2, f"not a regular file: {tmp_path}")
 
 
 def test_shoal_peer_env_var_replaces_the_flag(pair: Pair) -> None:
@@ -288,14 +261,14 @@ def test_shoal_peer_env_var_replaces_the_flag(pair: Pair) -> None:
 
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="mknod needs root (CI runs as root)")
-def test_get_never_replaces_a_device_node(pair: Pair, tmp_path: Path, make_file: MakeFile) -> None:
+def test_get_never_replaces_a_device_node(pair: Pair, tmp_path: Path) -> None:
     source = tmp_path / "to-null.bin"
     make_file(source, 100_000)
-    file_id = put(pair, source)
+    file_id = put(pair.swarm, pair.seeder, source)
     wait_listed(pair, file_id)
     null = tmp_path / "null"  # a private twin of /dev/null (char device 1:3)
     os.mknod(null, stat.S_IFCHR | 0o666, os.makedev(1, 3))
-    result = run(pair, pair.leecher, "get", file_id, "--output", str(null))
+    result = shoal(pair.swarm, pair.leecher, "get", file_id, "--output", str(null))
     assert stat.S_ISCHR(os.lstat(null).st_mode), f"{null} is no longer a device node (exit {result.returncode})"
     if result.returncode != 0:  # refusing is fine too, with one clear line
         assert len(result.stderr.splitlines()) == 1 and "Traceback" not in result.stderr, result.stderr

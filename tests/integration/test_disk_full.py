@@ -2,18 +2,18 @@
 
 from __future__ import annotations
 
-import json
 import os
 import subprocess
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from helpers.cli import put, shoal, shoal_json
+from helpers.files import make_file
+from helpers.polling import wait_until
 
 from shoal.localswarm import LocalSwarm
 
-MakeFile = Callable[[Path, int], str]
 MiB = 1024 * 1024
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="mounts a tmpfs, which needs root (CI runs as root)")
@@ -35,23 +35,17 @@ def small_disk(swarm: LocalSwarm) -> Iterator[Path]:
             subprocess.run(["umount", "-l", str(mount)], check=True, timeout=30)
 
 
-def test_download_onto_a_full_disk_fails_cleanly(
-    swarm: LocalSwarm, small_disk: Path, tmp_path: Path, make_file: MakeFile
-) -> None:
+def test_download_onto_a_full_disk_fails_cleanly(swarm: LocalSwarm, small_disk: Path, tmp_path: Path) -> None:
     downloader = swarm.start_peer()
     seeder = swarm.start_peer()
     assert downloader.data_dir == small_disk
     source = tmp_path / "big.bin"
     make_file(source, 32 * MiB)
-    put = swarm.cli(seeder, "put", str(source), timeout=120)
-    file_id = put.stdout.splitlines()[-1]
-    deadline = time.monotonic() + 15
-    while swarm.cli(downloader, "peers", file_id, timeout=60, check=False).returncode != 0:
-        assert time.monotonic() < deadline, "the tracker never listed the seeder"
-        time.sleep(0.1)
+    file_id = put(swarm, seeder, source)
+    wait_until(lambda: shoal(swarm, downloader, "peers", file_id).returncode == 0, what="the seeder listed")
 
     output = tmp_path / "big.out"
-    result = swarm.cli(downloader, "get", file_id, "--output", str(output), timeout=120, check=False)
+    result = shoal(swarm, downloader, "get", file_id, "--output", str(output))
     assert result.returncode != 0
     lines = result.stderr.splitlines()
     assert len(lines) == 1 and "Traceback" not in result.stderr, result.stderr
@@ -60,6 +54,6 @@ def test_download_onto_a_full_disk_fails_cleanly(
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".big.out")] == []
 
     assert downloader.alive()
-    listed = json.loads(swarm.cli(downloader, "ls", "--json", timeout=60).stdout)["files"]
+    listed = shoal_json(swarm, downloader, "ls")["files"]
     assert [f for f in listed if f["complete"]] == []
     assert list((small_disk / "files").iterdir()) == []

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from helpers.polling import wait_until
 
 from shoal.exporter import scrape_config
 from shoal.localswarm import LocalSwarm, Proc, free_port, wait_serving
@@ -87,20 +88,6 @@ class Stack:
         return result
 
 
-def wait_until(what: str, check: Any, timeout: float = 60.0) -> None:
-    """Poll check() until it is truthy."""
-    deadline = time.monotonic() + timeout
-    while True:
-        try:
-            if check():
-                return
-        except OSError:
-            pass
-        if time.monotonic() > deadline:
-            pytest.fail(f"timed out waiting for {what}")
-        time.sleep(0.25)
-
-
 def run_downloads(swarm: LocalSwarm, workdir: Path) -> None:
     """Put a file on peer0, get it on every other peer at once, then a get of an id nobody holds."""
     source = workdir / "payload.bin"
@@ -169,15 +156,27 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
                 pytest.fail(f"prometheus exited with {started.returncode}:\n{log_path.read_text()}")
             return bool(http_get(f"{url}/-/ready"))
 
-        wait_until("Prometheus to be ready", ready)
+        wait_until(ready, timeout=60, interval=0.25, what="Prometheus to be ready", ignoring=(OSError,))
         stack = Stack(swarm, url, 0.0)
         up = [str(len(swarm.trackers) + len(swarm.peers))]
-        wait_until("every target to be up", lambda: [s["value"][1] for s in stack.query("count(up == 1)")] == up)
+        wait_until(
+            lambda: [s["value"][1] for s in stack.query("count(up == 1)")] == up,
+            timeout=60,
+            interval=0.25,
+            what="every target to be up",
+            ignoring=(OSError,),
+        )
         run_downloads(swarm, workdir)
         stack.done_at = time.time()
         # A few scrapes of every target after the downloads, so each window below holds before and after.
         scraped = f"min(timestamp(up)) > {stack.done_at + SETTLE + 1:.3f}"
-        wait_until("Prometheus to scrape after the downloads", lambda: stack.query(scraped))
+        wait_until(
+            lambda: stack.query(scraped),
+            timeout=60,
+            interval=0.25,
+            what="Prometheus to scrape after the downloads",
+            ignoring=(OSError,),
+        )
         yield stack
     finally:
         if prometheus is not None and prometheus.poll() is None:

@@ -6,7 +6,7 @@ import hashlib
 import struct
 
 import pytest
-from tests.unit.manifests import CS, build, chunks_of, pattern
+from unit.manifests import CS, build, chunks_of, pattern
 
 from shoal import content
 from shoal.content import (
@@ -220,6 +220,7 @@ def test_validate_manifest_ignores_name_for_id(good: tuple[str, common_pb2.Manif
     renamed = copy(manifest)
     renamed.name = "other.bin"
     validate_manifest(renamed, file_id)
+    assert content.manifest_id(renamed) == content.manifest_id(manifest) == file_id
 
 
 def test_validate_manifest_rejects_wrong_id(good: tuple[str, common_pb2.Manifest]) -> None:

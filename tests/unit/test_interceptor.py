@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import asyncio
-import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 
 import grpc
 import pytest
+from helpers.polling import wait_until_async
 from prometheus_client import CollectorRegistry
 
 from shoal.interceptor import MetricsInterceptor, split_method
@@ -80,12 +80,11 @@ class Served:
 
 async def wait_for(value: Callable[[], float], want: float, timeout: float = 3.0) -> None:
     """Poll until value() == want: the server may finish its bookkeeping just after the client has its answer."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if value() == want:
-            return
-        await asyncio.sleep(0.01)
-    assert value() == want
+
+    async def reached() -> bool:
+        return value() == want
+
+    await wait_until_async(reached, timeout=timeout, interval=0.01, what=f"a count of {want}")
 
 
 @pytest.fixture

@@ -5,24 +5,12 @@ from __future__ import annotations
 import bisect
 
 import pytest
+from helpers.clocks import FakeClock
 
 from shoal import ratelimit
 from shoal.ratelimit import TokenBucket
 
 MIB = 1024 * 1024
-
-
-class FakeClock:
-    """A clock that moves only when told."""
-
-    def __init__(self, now: float = 100.0) -> None:
-        self.now = now
-
-    def __call__(self) -> float:
-        return self.now
-
-    def advance(self, seconds: float) -> None:
-        self.now += seconds
 
 
 def bucket_on(clock: FakeClock, rate: int, monkeypatch: pytest.MonkeyPatch) -> TokenBucket:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+from helpers.clocks import FakeClock
 
 from shoal.tracker.registry import (
     DEFAULT_SEARCH_LIMIT,
@@ -19,19 +20,6 @@ TTL = 9.0
 A = "a" * 64
 B = "b" * 64
 C = "c" * 64
-
-
-class FakeClock:
-    """A clock that moves only when told."""
-
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
-
-    def advance(self, seconds: float) -> None:
-        self.now += seconds
 
 
 @pytest.fixture

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import hashlib
 import os
+import re
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from tests.unit.manifests import CS, build, chunks_of, pattern
+from unit.manifests import CS, build, chunks_of, pattern
 
 from shoal.store import Store, StoreError
 from shoal.v1 import common_pb2
@@ -63,7 +64,7 @@ def test_open_empties_tmp(data_dir: Path, opened: list[Store]) -> None:
 
 def test_peer_id_persists(data_dir: Path, opened: list[Store]) -> None:
     first = reopen(data_dir, opened).peer_id()
-    assert len(first) == 32 and int(first, 16) >= 0
+    assert re.fullmatch(r"[0-9a-f]{32}", first), first
     assert reopen(data_dir, opened).peer_id() == first
     assert (data_dir / "peer_id").read_text().strip() == first
     assert listing(data_dir / "tmp") == []

@@ -4,16 +4,10 @@ from __future__ import annotations
 
 import random
 
+from helpers.clocks import FakeClock
+
 from shoal.content import Bitfield
 from shoal.peer.superseed import ACTIVE_SECONDS, OFFER_CHUNKS, RESERVE_SECONDS, SuperSeeder
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = 100.0
-
-    def __call__(self) -> float:
-        return self.now
 
 
 def offered(bits: Bitfield | None) -> set[int]:
@@ -22,13 +16,13 @@ def offered(bits: Bitfield | None) -> set[int]:
 
 
 def test_single_downloader_sees_everything() -> None:
-    seeder = SuperSeeder(16, clock=Clock())
+    seeder = SuperSeeder(16, clock=FakeClock())
     seeder.saw("a")
     assert seeder.offer("a") is None
 
 
 def test_downloaders_get_disjoint_offers_of_least_sent_chunks() -> None:
-    clock = Clock()
+    clock = FakeClock()
     seeder = SuperSeeder(64, clock=clock, rng=random.Random(1))
     for peer in "abcd":
         seeder.saw(peer)
@@ -42,7 +36,7 @@ def test_downloaders_get_disjoint_offers_of_least_sent_chunks() -> None:
 
 
 def test_offer_skips_what_the_downloader_has_and_repeats_its_reservation() -> None:
-    clock = Clock()
+    clock = FakeClock()
     seeder = SuperSeeder(8, clock=clock, rng=random.Random(2))
     has = Bitfield(8)
     for i in range(6):
@@ -56,7 +50,7 @@ def test_offer_skips_what_the_downloader_has_and_repeats_its_reservation() -> No
 
 
 def test_reservations_expire_and_idle_downloaders_stop_counting() -> None:
-    clock = Clock()
+    clock = FakeClock()
     seeder = SuperSeeder(4, clock=clock, rng=random.Random(3))
     seeder.saw("a")
     seeder.saw("b")
