@@ -71,7 +71,8 @@ class Cache:
         """Admit a download of `file_id` (`size` bytes): evict what the policy says, or raise QuotaExceeded.
 
         Call it before the download writes anything; nothing is evicted when it cannot fit. A partial
-        download being resumed is never among the victims. Returns the files evicted.
+        download being resumed is never among the victims. For a put, whose id is known only once it
+        is hashed, pass file_id="" and the source's size. Returns the files evicted.
         """
         with self._lock:
             entry = self.store.get(file_id)

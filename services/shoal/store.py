@@ -362,7 +362,8 @@ class Store:
                 if entry.have_fd < 0:
                     entry.have_fd = os.open(entry.directory / "have", os.O_WRONLY)
                 os.pwrite(entry.have_fd, bytes([value]), position)
-            self._count(len(data))
+                if not entry.retired:  # a dropped entry's bytes were already taken off
+                    self._count(len(data))
         except OSError as err:
             raise _explain(err, f"writing chunk {index}") from err
         return True
@@ -405,6 +406,8 @@ class Store:
             self.remove(entry.file_id)  # start over next time rather than fail the same way forever
             raise StoreError("whole-file hash mismatch")
         with self._lock:
+            if entry.retired:  # cancelled or removed while it was being verified
+                raise NotHeld(f"the download of {entry.file_id} was cancelled")
             if entry.have_fd >= 0:
                 os.close(entry.have_fd)
                 entry.have_fd = -1
@@ -454,13 +457,14 @@ class Store:
 
     def _drop(self, entry: Entry) -> None:
         """Forget an entry now; delete its files now, or after the chunk reads in flight when there are some."""
-        if self._entries.get(entry.file_id) is entry:
-            del self._entries[entry.file_id]
-            self._count(-entry.held_bytes)
-        self._dirty.discard(entry.file_id)
         with entry.lock:
             entry.retired = True
             busy = entry.readers > 0
+            held = entry.held_bytes
+        if self._entries.get(entry.file_id) is entry:
+            del self._entries[entry.file_id]
+            self._count(-held)
+        self._dirty.discard(entry.file_id)
         if not busy:
             self._delete(entry)
             return

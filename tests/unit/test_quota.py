@@ -251,3 +251,12 @@ def test_cache_open_resolves_a_fraction(store: Store, tmp_path: Path) -> None:
     cache = Cache.open(store, QuotaSpec.of(0.25), tmp_path)
     fs = os.statvfs(tmp_path)
     assert cache.quota_bytes == int(fs.f_blocks * fs.f_frsize * 0.25)
+
+
+def test_cache_make_room_for_a_put_before_its_id_is_known(store: Store, tmp_path: Path, clock: FakeClock) -> None:
+    old = publish(store, tmp_path, "old", 6 * CS, 1)
+    store.pin(publish(store, tmp_path, "kept", 2 * CS, 2))
+    cache = Cache(store, Quota(10 * CS))
+    assert ids(cache.make_room("", 3 * CS)) == [old]
+    with pytest.raises(QuotaExceeded):
+        cache.make_room("", 8 * CS)  # 2 CS pinned + 8 CS > 9.5 CS

@@ -15,7 +15,7 @@ import pytest
 from tests.helpers.clocks import FakeClock
 from tests.unit.manifests import CS, build, chunks_of, pattern
 
-from shoal import ingest
+from shoal import content, ingest
 from shoal.content import ManifestBuilder
 from shoal.store import NotHeld, SourceChanged, Store, StoreError
 from shoal.v1 import common_pb2
@@ -822,3 +822,20 @@ def test_put_keeps_the_pin_of_a_partial_it_replaces(store: Store, tmp_path: Path
     entry = store.publish(source_file(tmp_path, "src", data), "f.bin", CS)
     assert entry.complete and entry.pinned and (entry.directory / "pinned").exists()
     assert store.bytes_used == 2 * CS
+
+
+def test_cancel_during_a_download_stops_its_writes_and_finish(store: Store, data_dir: Path) -> None:
+    data = pattern(3 * CS, seed=13)
+    file_id, manifest = build(data)
+    parts = chunks_of(data)
+    entry = store.begin(file_id, manifest, "")
+    store.write_chunk(entry, 0, parts[0])
+    store.cancel(file_id)
+    assert store.bytes_used == 0
+    for index in (1, 2):
+        with pytest.raises(StoreError):  # the partial file is gone
+            store.write_chunk(entry, index, parts[index])
+    entry.have = content.Bitfield.full(3)  # as if the last chunks had landed just before the cancel
+    with pytest.raises(StoreError):  # a typed error, never a raw OSError, and nothing lands in files/
+        store.finish(entry)
+    assert store.bytes_used == 0 and listing(data_dir / "files") == [] and listing(data_dir / "partial") == []
