@@ -2,16 +2,23 @@
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import hashlib
 import os
 import re
+import stat
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
+from helpers.clocks import FakeClock
 from unit.manifests import CS, build, chunks_of, pattern
 
-from shoal.store import Store, StoreError
+from shoal import content, ingest
+from shoal.content import ManifestBuilder
+from shoal.store import NotHeld, SourceChanged, Store, StoreError
 from shoal.v1 import common_pb2
 
 
@@ -444,3 +451,392 @@ def test_hash_prefix_feeds_in_order_and_flushes_as_it_goes(store: Store, monkeyp
     assert store.hash_prefix(entry, digest, 3) == 5
     assert digest.digest() == hashlib.sha256(data).digest()
     assert store.finish(entry, digest, 5).complete
+
+
+# ---- bookkeeping: bytes used, last use, pins, rm, cancel, stop ----------------------------------
+
+
+def clocked(data_dir: Path, opened: list[Store], clock: FakeClock) -> Store:
+    store = Store(data_dir, clock=clock)
+    store.open()
+    opened.append(store)
+    return store
+
+
+def held_sum(store: Store) -> int:
+    return sum(e.held_bytes for e in store.entries())
+
+
+def source_file(tmp_path: Path, name: str, data: bytes) -> Path:
+    path = tmp_path / name
+    path.write_bytes(data)
+    return path
+
+
+def test_bytes_used_follows_publish_writes_finish_remove_and_open(
+    store: Store, tmp_path: Path, data_dir: Path, opened: list[Store]
+) -> None:
+    assert store.bytes_used == 0
+    published = store.publish(source_file(tmp_path, "a", pattern(2 * CS + 1)), "a", CS)
+    assert store.bytes_used == 2 * CS + 1
+    data = pattern(3 * CS + 5, seed=2)
+    file_id, manifest = build(data)
+    entry = store.begin(file_id, manifest, "")
+    parts = chunks_of(data)
+    assert store.bytes_used == 2 * CS + 1  # a sparse file holds nothing yet
+    store.write_chunk(entry, 3, parts[3])
+    store.write_chunk(entry, 3, parts[3])  # already held: counted once
+    assert entry.held_bytes == 5 and store.bytes_used == 2 * CS + 6
+    store.write_chunk(entry, 0, parts[0])
+    assert store.bytes_used == 3 * CS + 6 == held_sum(store)
+    store.close()
+    again = reopen(data_dir, opened)
+    assert again.bytes_used == 3 * CS + 6 == held_sum(again)
+    resumed = again.get(file_id)
+    assert resumed is not None
+    for index in (1, 2):
+        again.write_chunk(resumed, index, parts[index])
+    again.finish(resumed)
+    assert again.bytes_used == 2 * CS + 1 + len(data) == held_sum(again)
+    again.delete(published.file_id)
+    assert again.bytes_used == len(data)
+    again.remove(file_id)
+    assert again.bytes_used == 0
+
+
+def test_last_use_set_on_publish_finish_export_and_serve(data_dir: Path, tmp_path: Path, opened: list[Store]) -> None:
+    clock = FakeClock(1_700_000_000.0)
+    store = clocked(data_dir, opened, clock)
+    entry = store.publish(source_file(tmp_path, "a", pattern(2 * CS)), "a", CS)
+    assert entry.last_used == 1_700_000_000.0
+    assert float((entry.directory / "used").read_text()) == 1_700_000_000.0  # written with the entry
+    clock.advance(100)
+    store.read_chunk(entry, 1)
+    assert entry.last_used == 1_700_000_100.0
+    assert float((entry.directory / "used").read_text()) == 1_700_000_000.0  # serving touches memory only
+    clock.advance(100)
+    store.export(entry, tmp_path / "out.bin")
+    assert entry.last_used == 1_700_000_200.0
+    data = pattern(CS, seed=9)
+    file_id, manifest = build(data)
+    clock.advance(100)
+    partial = store.begin(file_id, manifest, "")
+    assert partial.last_used == 1_700_000_300.0
+    store.write_chunk(partial, 0, data)
+    clock.advance(100)
+    store.finish(partial)
+    assert partial.last_used == 1_700_000_400.0
+    assert store.flush_usage() == 2
+    assert store.flush_usage() == 0  # nothing new
+    store.close()
+    again = clocked(data_dir, opened, FakeClock(0.0))
+    assert again.get(entry.file_id).last_used == 1_700_000_200.0  # type: ignore[union-attr]
+    assert again.get(file_id).last_used == 1_700_000_400.0  # type: ignore[union-attr]
+
+
+def test_close_flushes_last_use_and_a_missing_record_falls_back_to_the_manifest_time(
+    data_dir: Path, tmp_path: Path, opened: list[Store]
+) -> None:
+    clock = FakeClock(2_000_000_000.0)
+    store = clocked(data_dir, opened, clock)
+    entry = store.publish(source_file(tmp_path, "a", pattern(CS)), "a", CS)
+    clock.advance(7)
+    store.read_chunk(entry, 0)
+    store.close()
+    assert float((entry.directory / "used").read_text()) == 2_000_000_007.0
+    (entry.directory / "used").write_text("garbage")
+    mtime = (entry.directory / "manifest.pb").stat().st_mtime
+    assert clocked(data_dir, opened, clock).get(entry.file_id).last_used == mtime  # type: ignore[union-attr]
+
+
+def test_pin_persists_moves_with_completion_and_unpins(data_dir: Path, opened: list[Store]) -> None:
+    store = reopen(data_dir, opened)
+    data = pattern(2 * CS, seed=4)
+    file_id, manifest = build(data)
+    entry = store.begin(file_id, manifest, "")
+    assert store.pin(file_id) is entry and entry.pinned
+    for index, part in enumerate(chunks_of(data)):
+        store.write_chunk(entry, index, part)
+    store.finish(entry)
+    store.close()
+    again = reopen(data_dir, opened)
+    loaded = again.get(file_id)
+    assert loaded is not None and loaded.complete and loaded.pinned
+    again.pin(file_id, False)
+    assert not loaded.pinned
+    assert not reopen(data_dir, opened).get(file_id).pinned  # type: ignore[union-attr]
+    with pytest.raises(NotHeld):
+        again.pin("f" * 64)
+
+
+def test_delete_complete_and_partial_and_not_held(store: Store, tmp_path: Path, data_dir: Path) -> None:
+    complete = store.publish(source_file(tmp_path, "a", pattern(CS)), "a", CS)
+    file_id, manifest = build(pattern(2 * CS, seed=5))
+    store.begin(file_id, manifest, "")
+    assert store.delete(complete.file_id) is complete
+    assert store.delete(file_id).file_id == file_id
+    assert store.entries() == [] and listing(data_dir / "files") == [] and listing(data_dir / "partial") == []
+    with pytest.raises(NotHeld):
+        store.delete(file_id)
+    assert issubclass(NotHeld, StoreError)
+
+
+def test_cancel_drops_the_partial_so_nothing_resumes(data_dir: Path, tmp_path: Path, opened: list[Store]) -> None:
+    store = reopen(data_dir, opened)
+    data = pattern(3 * CS, seed=6)
+    file_id, manifest = build(data)
+    entry = store.begin(file_id, manifest, "/out")
+    store.write_chunk(entry, 0, chunks_of(data)[0])
+    complete = store.publish(source_file(tmp_path, "a", pattern(CS)), "a", CS)
+    with pytest.raises(NotHeld, match="nothing to cancel"):
+        store.cancel(complete.file_id)
+    assert store.get(complete.file_id) is complete
+    assert store.cancel(file_id) is entry
+    assert store.bytes_used == CS
+    with pytest.raises(NotHeld):
+        store.cancel(file_id)
+    store.close()
+    again = reopen(data_dir, opened)
+    assert again.get(file_id) is None and again.resumable() == []
+    assert listing(data_dir / "partial") == []
+
+
+def test_stop_keeps_chunks_but_not_resumed_until_asked_again(data_dir: Path, opened: list[Store]) -> None:
+    store = reopen(data_dir, opened)
+    data = pattern(3 * CS, seed=7)
+    file_id, manifest = build(data)
+    parts = chunks_of(data)
+    entry = store.begin(file_id, manifest, "/out")
+    store.write_chunk(entry, 1, parts[1])
+    assert store.resumable() == [entry]
+    store.stop(file_id)
+    store.stop(file_id)  # twice is harmless
+    assert entry.stopped and store.resumable() == []
+    store.close()
+    again = reopen(data_dir, opened)
+    loaded = again.get(file_id)
+    assert loaded is not None and loaded.stopped and loaded.have.count == 1
+    assert again.resumable() == []
+    assert again.begin(file_id, manifest, "/out") is loaded  # `get` again: resume from here
+    assert not loaded.stopped and again.resumable() == [loaded]
+    assert not (loaded.directory / "stopped").exists()
+    with pytest.raises(NotHeld):
+        again.stop("e" * 64)
+
+
+def test_stopped_marker_is_gone_once_complete(store: Store) -> None:
+    data = pattern(CS, seed=8)
+    file_id, manifest = build(data)
+    entry = store.begin(file_id, manifest, "")
+    store.stop(file_id)
+    store.write_chunk(entry, 0, data)
+    store.finish(entry)
+    assert not entry.stopped and listing(entry.directory) == ["data", "manifest.pb"]
+    store.stop(file_id)  # a complete file: nothing to stop
+    assert not entry.stopped
+
+
+def test_evict_skips_pinned_and_missing(store: Store, tmp_path: Path) -> None:
+    entry = store.publish(source_file(tmp_path, "a", pattern(CS)), "a", CS)
+    store.pin(entry.file_id)
+    assert store.evict(entry.file_id) is None and store.get(entry.file_id) is entry
+    store.pin(entry.file_id, False)
+    assert store.evict(entry.file_id) is entry and store.get(entry.file_id) is None
+    assert store.evict(entry.file_id) is None
+
+
+def test_remove_while_a_chunk_is_read_deletes_after_the_read(
+    store: Store, tmp_path: Path, data_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    data = pattern(2 * CS, seed=3)
+    entry = store.publish(source_file(tmp_path, "a", data), "a", CS)
+    real_pread = os.pread
+    seen: list[list[str]] = []
+
+    def pread(fd: int, length: int, offset: int) -> bytes:
+        store.delete(entry.file_id)  # `rm` lands while the reply is reading
+        seen.append(listing(data_dir / "files"))
+        assert store.get(entry.file_id) is None
+        assert entry.directory.exists() and entry.complete  # set aside under tmp/, still readable
+        return real_pread(fd, length, offset)
+
+    monkeypatch.setattr("shoal.store.os.pread", pread)
+    assert store.read_chunk(entry, 1) == chunks_of(data)[1]
+    monkeypatch.setattr("shoal.store.os.pread", real_pread)
+    assert seen == [[]]  # the id was free at once: the same content could be held again
+    assert not entry.directory.exists() and entry.fd == -1
+    assert listing(data_dir / "tmp") == []
+    with pytest.raises(NotHeld):
+        store.read_chunk(entry, 0)
+    assert store.bytes_used == 0
+
+
+# ---- put: move, reflink, link, copy; content already held ----------------------------------------
+
+
+def test_put_copies_by_default_and_leaves_the_source_alone(store: Store, tmp_path: Path) -> None:
+    source = source_file(tmp_path, "src", pattern(2 * CS))
+    source.chmod(0o640)
+    placed = store.put(source, "f", CS)
+    assert placed.method in ("copy", "reflink")  # reflink where this filesystem has it
+    data = placed.entry.directory / "data"
+    assert data.stat().st_ino != source.stat().st_ino
+    assert stat.S_IMODE(data.stat().st_mode) == 0o444
+    assert stat.S_IMODE(source.stat().st_mode) == 0o640
+    assert (placed.held_as, placed.added_name) == ("", False)
+
+
+def test_put_link_shares_the_inode_and_makes_it_read_only(store: Store, tmp_path: Path) -> None:
+    data = pattern(3 * CS + 7, seed=1)
+    source = source_file(tmp_path, "src", data)
+    placed = store.put(source, "f", CS, link=True)
+    assert placed.method in ("link", "reflink")
+    if placed.method == "reflink":  # a filesystem with clones: nothing is shared, nothing made read-only
+        return
+    stored = placed.entry.directory / "data"
+    assert stored.stat().st_ino == source.stat().st_ino and stored.stat().st_nlink == 2
+    assert stat.S_IMODE(source.stat().st_mode) == 0o444  # the user's file is read-only now, as documented
+    assert placed.entry.file_id == build(data)[0]
+    assert store.read_chunk(placed.entry, 3) == chunks_of(data)[3]
+
+
+def test_put_link_falls_back_to_copy(store: Store, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr("shoal.ingest.reflink", lambda src, dst: False)
+
+    def no_link(src: object, dst: object) -> None:
+        raise OSError(errno.EXDEV, "cross-device link")
+
+    monkeypatch.setattr("shoal.ingest.os.link", no_link)
+    source = source_file(tmp_path, "src", pattern(2 * CS))
+    source.chmod(0o600)
+    placed = store.put(source, "f", CS, link=True)
+    assert placed.method == "copy"
+    assert (placed.entry.directory / "data").read_bytes() == pattern(2 * CS)
+    assert stat.S_IMODE(source.stat().st_mode) == 0o600
+
+
+def test_put_reflink_when_the_filesystem_clones(store: Store, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    def fake_clone(src: int, dst: int) -> bool:  # what FICLONE gives: the same bytes in an independent file
+        os.write(dst, os.pread(src, 1 << 20, 0))
+        return True
+
+    monkeypatch.setattr("shoal.ingest.reflink", fake_clone)
+    source = source_file(tmp_path, "src", pattern(2 * CS + 3))
+    source.chmod(0o644)
+    placed = store.put(source, "f", CS, link=True)
+    assert placed.method == "reflink"
+    assert stat.S_IMODE(source.stat().st_mode) == 0o644  # the user's file stays theirs
+    assert (placed.entry.directory / "data").stat().st_ino != source.stat().st_ino
+    assert placed.entry.file_id == build(pattern(2 * CS + 3))[0]
+
+
+def test_real_reflink_attempt_falls_back_cleanly(tmp_path: Path) -> None:
+    source = source_file(tmp_path, "src", pattern(CS))
+    with open(source, "rb") as src, open(tmp_path / "clone", "wb") as dst:
+        cloned = ingest.reflink(src.fileno(), dst.fileno())
+    assert (tmp_path / "clone").read_bytes() == (pattern(CS) if cloned else b"")
+
+
+def test_put_move_takes_the_file_in(store: Store, tmp_path: Path, data_dir: Path) -> None:
+    data = pattern(2 * CS, seed=2)
+    source = source_file(tmp_path, "src", data)
+    inode = source.stat().st_ino
+    placed = store.put(source, "f", CS, move=True)
+    assert placed.method == "move" and not source.exists()
+    stored = placed.entry.directory / "data"
+    assert stored.stat().st_ino == inode and stored.read_bytes() == data
+    assert stat.S_IMODE(stored.stat().st_mode) == 0o444
+    assert listing(data_dir / "tmp") == []
+
+
+def test_put_move_across_filesystems_copies_then_deletes(
+    store: Store, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    source = source_file(tmp_path, "src", pattern(2 * CS, seed=3))
+    real_rename = os.rename
+
+    def rename(src: str | os.PathLike[str], dst: str | os.PathLike[str]) -> None:
+        if Path(src) == source:
+            raise OSError(errno.EXDEV, "cross-device link")
+        real_rename(src, dst)
+
+    monkeypatch.setattr("shoal.ingest.os.rename", rename)
+    placed = store.put(source, "f", CS, move=True)
+    assert placed.method in ("copy", "reflink") and not source.exists()
+    assert (placed.entry.directory / "data").read_bytes() == pattern(2 * CS, seed=3)
+
+
+def grow_source_while_hashing(monkeypatch: pytest.MonkeyPatch, source: Path) -> contextlib.closing[Any]:
+    """Append to the source when the first chunk is hashed, as a writer still writing (fd open) would."""
+    real_add = ManifestBuilder.add
+    fd = os.open(source, os.O_WRONLY | os.O_APPEND)
+
+    def add(builder: ManifestBuilder, chunk: bytes) -> None:
+        if not getattr(builder, "_grown", False):
+            builder._grown = True  # type: ignore[attr-defined]
+            os.write(fd, b"more bytes")
+        real_add(builder, chunk)
+
+    monkeypatch.setattr(ManifestBuilder, "add", add)
+    return contextlib.closing(os.fdopen(fd, "wb"))
+
+
+@pytest.mark.parametrize("how", ["copy", "link", "move"])
+def test_put_refuses_a_source_that_changes_while_read(
+    store: Store, tmp_path: Path, data_dir: Path, monkeypatch: pytest.MonkeyPatch, how: str
+) -> None:
+    monkeypatch.setattr("shoal.ingest.reflink", lambda src, dst: False)
+    source = source_file(tmp_path, "src", pattern(3 * CS))
+    source.chmod(0o640)
+    writer = grow_source_while_hashing(monkeypatch, source)
+    with writer, pytest.raises(SourceChanged, match="changed while it was being read"):
+        store.put(source, "f", CS, link=how == "link", move=how == "move")
+    assert store.entries() == [] and listing(data_dir / "files") == [] and listing(data_dir / "tmp") == []
+    assert source.exists() and source.read_bytes() == pattern(3 * CS) + b"more bytes"  # moved back if moved
+    assert stat.S_IMODE(source.stat().st_mode) == 0o640
+    assert issubclass(SourceChanged, StoreError)
+
+
+def test_put_of_held_content_adds_the_name(data_dir: Path, tmp_path: Path, opened: list[Store]) -> None:
+    store = reopen(data_dir, opened)
+    data = pattern(2 * CS, seed=11)
+    first = store.put(source_file(tmp_path, "one.src", data), "one", CS)
+    second_source = source_file(tmp_path, "two.src", data)
+    second_source.chmod(0o600)
+    second = store.put(second_source, "two", CS, link=True)
+    assert second.entry is first.entry and second.entry.file_id == first.entry.file_id
+    assert (second.held_as, second.added_name) == ("one", True)
+    assert stat.S_IMODE(second_source.stat().st_mode) == 0o600  # not kept, so not left read-only
+    assert first.entry.names == ["one", "two"]
+    assert store.put(source_file(tmp_path, "three.src", data), "two", CS).added_name is False
+    assert store.put(source_file(tmp_path, "four.src", data), "one", CS).held_as == "one"
+    assert len(store.entries()) == 1 and store.bytes_used == 2 * CS
+    store.close()
+    assert reopen(data_dir, opened).get(first.entry.file_id).names == ["one", "two"]  # type: ignore[union-attr]
+
+
+def test_put_keeps_the_pin_of_a_partial_it_replaces(store: Store, tmp_path: Path) -> None:
+    data = pattern(2 * CS, seed=12)
+    file_id, manifest = build(data)
+    store.begin(file_id, manifest, "")
+    store.pin(file_id)
+    entry = store.publish(source_file(tmp_path, "src", data), "f.bin", CS)
+    assert entry.complete and entry.pinned and (entry.directory / "pinned").exists()
+    assert store.bytes_used == 2 * CS
+
+
+def test_cancel_during_a_download_stops_its_writes_and_finish(store: Store, data_dir: Path) -> None:
+    data = pattern(3 * CS, seed=13)
+    file_id, manifest = build(data)
+    parts = chunks_of(data)
+    entry = store.begin(file_id, manifest, "")
+    store.write_chunk(entry, 0, parts[0])
+    store.cancel(file_id)
+    assert store.bytes_used == 0
+    for index in (1, 2):
+        with pytest.raises(StoreError):  # the partial file is gone
+            store.write_chunk(entry, index, parts[index])
+    entry.have = content.Bitfield.full(3)  # as if the last chunks had landed just before the cancel
+    with pytest.raises(StoreError):  # a typed error, never a raw OSError, and nothing lands in files/
+        store.finish(entry)
+    assert store.bytes_used == 0 and listing(data_dir / "files") == [] and listing(data_dir / "partial") == []

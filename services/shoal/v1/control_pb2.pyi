@@ -7,6 +7,7 @@ from collections import abc as _abc
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
 from google.protobuf.internal import containers as _containers
+from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
 from shoal.v1 import common_pb2 as _common_pb2
 from shoal.v1 import tracker_pb2 as _tracker_pb2
 import builtins as _builtins
@@ -20,6 +21,70 @@ else:
 
 DESCRIPTOR: _descriptor.FileDescriptor
 
+class _PutMethod:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _PutMethodEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_PutMethod.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    PUT_METHOD_UNSPECIFIED: _PutMethod.ValueType  # 0
+    """Not reported (an older daemon)."""
+    PUT_METHOD_MOVE: _PutMethod.ValueType  # 1
+    """Renamed into the data dir."""
+    PUT_METHOD_REFLINK: _PutMethod.ValueType  # 2
+    """A copy-on-write clone: no bytes copied, the user's file stays independent and writable."""
+    PUT_METHOD_LINK: _PutMethod.ValueType  # 3
+    """A hard link: no bytes copied; the shared file is now read-only (0444), the user's path included."""
+    PUT_METHOD_COPY: _PutMethod.ValueType  # 4
+    """A full copy."""
+
+class PutMethod(_PutMethod, metaclass=_PutMethodEnumTypeWrapper):
+    """PutMethod says how put stored the bytes."""
+
+PUT_METHOD_UNSPECIFIED: PutMethod.ValueType  # 0
+"""Not reported (an older daemon)."""
+PUT_METHOD_MOVE: PutMethod.ValueType  # 1
+"""Renamed into the data dir."""
+PUT_METHOD_REFLINK: PutMethod.ValueType  # 2
+"""A copy-on-write clone: no bytes copied, the user's file stays independent and writable."""
+PUT_METHOD_LINK: PutMethod.ValueType  # 3
+"""A hard link: no bytes copied; the shared file is now read-only (0444), the user's path included."""
+PUT_METHOD_COPY: PutMethod.ValueType  # 4
+"""A full copy."""
+Global___PutMethod: _TypeAlias = PutMethod  # noqa: Y015
+
+class _LocalFileState:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _LocalFileStateEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_LocalFileState.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    LOCAL_FILE_STATE_UNSPECIFIED: _LocalFileState.ValueType  # 0
+    """Not reported (an older daemon)."""
+    LOCAL_FILE_STATE_COMPLETE: _LocalFileState.ValueType  # 1
+    """Verified and served."""
+    LOCAL_FILE_STATE_DOWNLOADING: _LocalFileState.ValueType  # 2
+    """A download of it is running now."""
+    LOCAL_FILE_STATE_PARTIAL: _LocalFileState.ValueType  # 3
+    """Partial data with no download running; resumed at the next start."""
+    LOCAL_FILE_STATE_STOPPED: _LocalFileState.ValueType  # 4
+    """Partial data the user stopped (Ctrl-C); resumed only when asked for again with get."""
+
+class LocalFileState(_LocalFileState, metaclass=_LocalFileStateEnumTypeWrapper):
+    """LocalFileState is where a local file stands."""
+
+LOCAL_FILE_STATE_UNSPECIFIED: LocalFileState.ValueType  # 0
+"""Not reported (an older daemon)."""
+LOCAL_FILE_STATE_COMPLETE: LocalFileState.ValueType  # 1
+"""Verified and served."""
+LOCAL_FILE_STATE_DOWNLOADING: LocalFileState.ValueType  # 2
+"""A download of it is running now."""
+LOCAL_FILE_STATE_PARTIAL: LocalFileState.ValueType  # 3
+"""Partial data with no download running; resumed at the next start."""
+LOCAL_FILE_STATE_STOPPED: LocalFileState.ValueType  # 4
+"""Partial data the user stopped (Ctrl-C); resumed only when asked for again with get."""
+Global___LocalFileState: _TypeAlias = LocalFileState  # noqa: Y015
+
 @_typing.final
 class PutRequest(_message.Message):
     """PutRequest names a local file to publish."""
@@ -29,22 +94,32 @@ class PutRequest(_message.Message):
     PATH_FIELD_NUMBER: _builtins.int
     NAME_FIELD_NUMBER: _builtins.int
     CHUNK_SIZE_FIELD_NUMBER: _builtins.int
+    MOVE_FIELD_NUMBER: _builtins.int
+    COPY_FIELD_NUMBER: _builtins.int
     path: _builtins.str
     """Absolute path of the file to publish, as the daemon sees it."""
     name: _builtins.str
     """Name to publish under; defaults to the path's base name."""
     chunk_size: _builtins.int
     """Chunk size in bytes; 0 means the daemon's default."""
+    move: _builtins.bool
+    """Take the file in: rename it into the data dir (or copy it there and delete it, across filesystems)."""
+    copy: _builtins.bool
+    """Store an independent copy even where a hard link is possible, so the user's file stays writable
+    (a reflink, where the filesystem has it, is used either way: it shares no writes).
+    """
     def __init__(
         self,
         *,
         path: _builtins.str = ...,
         name: _builtins.str = ...,
         chunk_size: _builtins.int = ...,
+        move: _builtins.bool = ...,
+        copy: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["chunk_size", b"chunk_size", "name", b"name", "path", b"path"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["chunk_size", b"chunk_size", "copy", b"copy", "move", b"move", "name", b"name", "path", b"path"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -58,8 +133,17 @@ class PutResponse(_message.Message):
 
     FILE_FIELD_NUMBER: _builtins.int
     CHUNKS_FIELD_NUMBER: _builtins.int
+    HELD_AS_FIELD_NUMBER: _builtins.int
+    ADDED_NAME_FIELD_NUMBER: _builtins.int
+    METHOD_FIELD_NUMBER: _builtins.int
     chunks: _builtins.int
     """Number of chunks."""
+    held_as: _builtins.str
+    """Set when the content was already held: the name it is held under (the id does not cover the name)."""
+    added_name: _builtins.bool
+    """True when the content was already held and the requested name was added to its names."""
+    method: Global___PutMethod.ValueType
+    """How the bytes were stored."""
     @_builtins.property
     def file(self) -> _common_pb2.FileInfo:
         """The published file."""
@@ -69,10 +153,13 @@ class PutResponse(_message.Message):
         *,
         file: _common_pb2.FileInfo | None = ...,
         chunks: _builtins.int = ...,
+        held_as: _builtins.str = ...,
+        added_name: _builtins.bool = ...,
+        method: Global___PutMethod.ValueType = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["file", b"file"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["chunks", b"chunks", "file", b"file"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["added_name", b"added_name", "chunks", b"chunks", "file", b"file", "held_as", b"held_as", "method", b"method"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -311,15 +398,32 @@ class LocalFile(_message.Message):
     COMPLETE_FIELD_NUMBER: _builtins.int
     CHUNKS_DONE_FIELD_NUMBER: _builtins.int
     CHUNKS_TOTAL_FIELD_NUMBER: _builtins.int
+    PINNED_FIELD_NUMBER: _builtins.int
+    LAST_USED_UNIX_FIELD_NUMBER: _builtins.int
+    STATE_FIELD_NUMBER: _builtins.int
+    HELD_BYTES_FIELD_NUMBER: _builtins.int
+    ALIASES_FIELD_NUMBER: _builtins.int
     complete: _builtins.bool
     """True once every chunk is verified."""
     chunks_done: _builtins.int
     """Verified chunks."""
     chunks_total: _builtins.int
     """Total chunks."""
+    pinned: _builtins.bool
+    """True when the file is never evicted by the cache quota."""
+    last_used_unix: _builtins.float
+    """Last use (publish, download completion, export or a chunk served), seconds since the Unix epoch."""
+    state: Global___LocalFileState.ValueType
+    """Complete, downloading, partial or stopped."""
+    held_bytes: _builtins.int
+    """Bytes of it held on disk: the size once complete, the verified chunks while partial."""
     @_builtins.property
     def file(self) -> _common_pb2.FileInfo:
         """The file."""
+
+    @_builtins.property
+    def aliases(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Other names it was published under here, besides file.name."""
 
     def __init__(
         self,
@@ -328,10 +432,15 @@ class LocalFile(_message.Message):
         complete: _builtins.bool = ...,
         chunks_done: _builtins.int = ...,
         chunks_total: _builtins.int = ...,
+        pinned: _builtins.bool = ...,
+        last_used_unix: _builtins.float = ...,
+        state: Global___LocalFileState.ValueType = ...,
+        held_bytes: _builtins.int = ...,
+        aliases: _abc.Iterable[_builtins.str] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["file", b"file"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["chunks_done", b"chunks_done", "chunks_total", b"chunks_total", "complete", b"complete", "file", b"file"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["aliases", b"aliases", "chunks_done", b"chunks_done", "chunks_total", b"chunks_total", "complete", b"complete", "file", b"file", "held_bytes", b"held_bytes", "last_used_unix", b"last_used_unix", "pinned", b"pinned", "state", b"state"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -392,6 +501,8 @@ class StatusResponse(_message.Message):
     ACTIVE_DOWNLOADS_FIELD_NUMBER: _builtins.int
     UPTIME_SECONDS_FIELD_NUMBER: _builtins.int
     DATA_DIR_FIELD_NUMBER: _builtins.int
+    STORE_BYTES_FIELD_NUMBER: _builtins.int
+    CACHE_QUOTA_BYTES_FIELD_NUMBER: _builtins.int
     uploaded_bytes: _builtins.int
     """Chunk bytes uploaded to other peers since start."""
     downloaded_bytes: _builtins.int
@@ -402,6 +513,10 @@ class StatusResponse(_message.Message):
     """Seconds since the daemon started."""
     data_dir: _builtins.str
     """Data directory."""
+    store_bytes: _builtins.int
+    """Bytes held in the data dir: complete files plus verified chunks of partial downloads."""
+    cache_quota_bytes: _builtins.int
+    """Cache quota in bytes; 0 means no limit."""
     @_builtins.property
     def peer(self) -> _common_pb2.PeerInfo:
         """This peer as others see it."""
@@ -425,11 +540,163 @@ class StatusResponse(_message.Message):
         active_downloads: _builtins.int = ...,
         uptime_seconds: _builtins.float = ...,
         data_dir: _builtins.str = ...,
+        store_bytes: _builtins.int = ...,
+        cache_quota_bytes: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["peer", b"peer"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["active_downloads", b"active_downloads", "data_dir", b"data_dir", "downloaded_bytes", b"downloaded_bytes", "peer", b"peer", "trackers", b"trackers", "trackers_up", b"trackers_up", "uploaded_bytes", b"uploaded_bytes", "uptime_seconds", b"uptime_seconds"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["active_downloads", b"active_downloads", "cache_quota_bytes", b"cache_quota_bytes", "data_dir", b"data_dir", "downloaded_bytes", b"downloaded_bytes", "peer", b"peer", "store_bytes", b"store_bytes", "trackers", b"trackers", "trackers_up", b"trackers_up", "uploaded_bytes", b"uploaded_bytes", "uptime_seconds", b"uptime_seconds"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___StatusResponse: _TypeAlias = StatusResponse  # noqa: Y015
+
+@_typing.final
+class RemoveRequest(_message.Message):
+    """RemoveRequest names a file to delete from this peer."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    FILE_ID_FIELD_NUMBER: _builtins.int
+    file_id: _builtins.str
+    """File id: 64 lowercase hex characters."""
+    def __init__(
+        self,
+        *,
+        file_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["file_id", b"file_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RemoveRequest: _TypeAlias = RemoveRequest  # noqa: Y015
+
+@_typing.final
+class RemoveResponse(_message.Message):
+    """RemoveResponse describes what was removed."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    FILE_FIELD_NUMBER: _builtins.int
+    FREED_BYTES_FIELD_NUMBER: _builtins.int
+    freed_bytes: _builtins.int
+    """Bytes of it that were held (freed once no reply is reading it and no exported hard link shares it)."""
+    @_builtins.property
+    def file(self) -> _common_pb2.FileInfo:
+        """The removed file."""
+
+    def __init__(
+        self,
+        *,
+        file: _common_pb2.FileInfo | None = ...,
+        freed_bytes: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["file", b"file"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["file", b"file", "freed_bytes", b"freed_bytes"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RemoveResponse: _TypeAlias = RemoveResponse  # noqa: Y015
+
+@_typing.final
+class CancelRequest(_message.Message):
+    """CancelRequest names a download to stop and drop."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    FILE_ID_FIELD_NUMBER: _builtins.int
+    file_id: _builtins.str
+    """File id: 64 lowercase hex characters."""
+    def __init__(
+        self,
+        *,
+        file_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["file_id", b"file_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CancelRequest: _TypeAlias = CancelRequest  # noqa: Y015
+
+@_typing.final
+class CancelResponse(_message.Message):
+    """CancelResponse describes the dropped download."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    FILE_FIELD_NUMBER: _builtins.int
+    FREED_BYTES_FIELD_NUMBER: _builtins.int
+    freed_bytes: _builtins.int
+    """Bytes of partial data dropped."""
+    @_builtins.property
+    def file(self) -> _common_pb2.FileInfo:
+        """The file whose download was cancelled."""
+
+    def __init__(
+        self,
+        *,
+        file: _common_pb2.FileInfo | None = ...,
+        freed_bytes: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["file", b"file"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["file", b"file", "freed_bytes", b"freed_bytes"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CancelResponse: _TypeAlias = CancelResponse  # noqa: Y015
+
+@_typing.final
+class PinRequest(_message.Message):
+    """PinRequest pins or unpins a file."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    FILE_ID_FIELD_NUMBER: _builtins.int
+    PINNED_FIELD_NUMBER: _builtins.int
+    file_id: _builtins.str
+    """File id: 64 lowercase hex characters."""
+    pinned: _builtins.bool
+    """True to pin (never evicted), false to unpin."""
+    def __init__(
+        self,
+        *,
+        file_id: _builtins.str = ...,
+        pinned: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["file_id", b"file_id", "pinned", b"pinned"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___PinRequest: _TypeAlias = PinRequest  # noqa: Y015
+
+@_typing.final
+class PinResponse(_message.Message):
+    """PinResponse shows the file after the change."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    FILE_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def file(self) -> Global___LocalFile:
+        """The file, with its pinned flag as now set."""
+
+    def __init__(
+        self,
+        *,
+        file: Global___LocalFile | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["file", b"file"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["file", b"file"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___PinResponse: _TypeAlias = PinResponse  # noqa: Y015

@@ -65,6 +65,21 @@ class ControlStub:
                 request_serializer=shoal_dot_v1_dot_control__pb2.StatusRequest.SerializeToString,
                 response_deserializer=shoal_dot_v1_dot_control__pb2.StatusResponse.FromString,
                 _registered_method=True)
+        self.Remove = channel.unary_unary(
+                '/shoal.v1.Control/Remove',
+                request_serializer=shoal_dot_v1_dot_control__pb2.RemoveRequest.SerializeToString,
+                response_deserializer=shoal_dot_v1_dot_control__pb2.RemoveResponse.FromString,
+                _registered_method=True)
+        self.Cancel = channel.unary_unary(
+                '/shoal.v1.Control/Cancel',
+                request_serializer=shoal_dot_v1_dot_control__pb2.CancelRequest.SerializeToString,
+                response_deserializer=shoal_dot_v1_dot_control__pb2.CancelResponse.FromString,
+                _registered_method=True)
+        self.Pin = channel.unary_unary(
+                '/shoal.v1.Control/Pin',
+                request_serializer=shoal_dot_v1_dot_control__pb2.PinRequest.SerializeToString,
+                response_deserializer=shoal_dot_v1_dot_control__pb2.PinResponse.FromString,
+                _registered_method=True)
 
 
 class ControlServicer:
@@ -113,6 +128,30 @@ class ControlServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Remove(self, request, context):
+        """Remove deletes a file, complete or partial, from this peer (stopping its download) and withdraws it
+        from every tracker at once; NOT_FOUND when the file is not held here.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Cancel(self, request, context):
+        """Cancel stops a download and drops its partial data, so it does not resume at the next start;
+        NOT_FOUND when no download of the file is here (a complete file is left alone: that is Remove).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Pin(self, request, context):
+        """Pin keeps a file from eviction (pinned true) or makes it evictable again (pinned false);
+        NOT_FOUND when the file is not held here.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_ControlServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -145,6 +184,21 @@ def add_ControlServicer_to_server(servicer, server):
                     servicer.Status,
                     request_deserializer=shoal_dot_v1_dot_control__pb2.StatusRequest.FromString,
                     response_serializer=shoal_dot_v1_dot_control__pb2.StatusResponse.SerializeToString,
+            ),
+            'Remove': grpc.unary_unary_rpc_method_handler(
+                    servicer.Remove,
+                    request_deserializer=shoal_dot_v1_dot_control__pb2.RemoveRequest.FromString,
+                    response_serializer=shoal_dot_v1_dot_control__pb2.RemoveResponse.SerializeToString,
+            ),
+            'Cancel': grpc.unary_unary_rpc_method_handler(
+                    servicer.Cancel,
+                    request_deserializer=shoal_dot_v1_dot_control__pb2.CancelRequest.FromString,
+                    response_serializer=shoal_dot_v1_dot_control__pb2.CancelResponse.SerializeToString,
+            ),
+            'Pin': grpc.unary_unary_rpc_method_handler(
+                    servicer.Pin,
+                    request_deserializer=shoal_dot_v1_dot_control__pb2.PinRequest.FromString,
+                    response_serializer=shoal_dot_v1_dot_control__pb2.PinResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -310,6 +364,87 @@ class Control:
             '/shoal.v1.Control/Status',
             shoal_dot_v1_dot_control__pb2.StatusRequest.SerializeToString,
             shoal_dot_v1_dot_control__pb2.StatusResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Remove(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/shoal.v1.Control/Remove',
+            shoal_dot_v1_dot_control__pb2.RemoveRequest.SerializeToString,
+            shoal_dot_v1_dot_control__pb2.RemoveResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Cancel(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/shoal.v1.Control/Cancel',
+            shoal_dot_v1_dot_control__pb2.CancelRequest.SerializeToString,
+            shoal_dot_v1_dot_control__pb2.CancelResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Pin(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/shoal.v1.Control/Pin',
+            shoal_dot_v1_dot_control__pb2.PinRequest.SerializeToString,
+            shoal_dot_v1_dot_control__pb2.PinResponse.FromString,
             options,
             channel_credentials,
             insecure,
