@@ -110,8 +110,7 @@ async def test_success_is_counted_with_latency(served: Served) -> None:
     assert served.started(TRACKER, "Leave", "unary") == 4
     assert served.latency(TRACKER, "Leave", "unary", "count") == 4
     assert served.latency(TRACKER, "Leave", "unary", "sum") >= 0.05
-    slow_bucket = {"grpc_service": TRACKER, "grpc_method": "Leave", "grpc_type": "unary", "le": "0.025"}
-    assert served.registry.get_sample_value("shoal_grpc_server_handling_seconds_bucket", slow_bucket) == 3
+    # Which bucket each call lands in is checked exactly on a fake clock below; real time under load is not exact.
 
 
 async def test_abort_counts_its_code(served: Served) -> None:
