@@ -68,7 +68,8 @@ def cli_json(swarm: LocalSwarm, peer: Proc, *args: str, timeout: float = 120) ->
     done = swarm.cli(peer, "--json", *args, timeout=timeout, check=False)
     if done.returncode != 0:
         raise AssertionError(f"shoal {' '.join(args)} exited {done.returncode}: {done.stderr.strip()}")
-    data: dict[str, Any] = json.loads(done.stdout)
+    # `get --json` streams one object per progress message and ends with the summary; others print one document.
+    data: dict[str, Any] = json.loads(done.stdout.splitlines()[-1] if args[0] == "get" else done.stdout)
     return data
 
 

@@ -71,7 +71,7 @@ def peer_id(swarm: LocalSwarm, peer: Proc) -> str:
 
 
 def get_json(swarm: LocalSwarm, peer: Proc, file_id: str, output: Path) -> dict[str, Any]:
-    data = json.loads(ok(run(swarm, peer, "--json", "get", file_id, "--output", str(output))))
+    data = json.loads(ok(run(swarm, peer, "--json", "get", file_id, "--output", str(output))).splitlines()[-1])
     assert isinstance(data, dict)
     return data
 
@@ -96,7 +96,7 @@ def test_concurrent_downloaders_all_verify(swarm: LocalSwarm, tmp_path: Path, ma
         for name, proc in gets.items():
             out, err = proc.communicate(timeout=CLI_TIMEOUT)
             assert proc.returncode == 0, f"{name}: {err}"
-            result = json.loads(out)
+            result = json.loads(out.splitlines()[-1])
             assert result["done"] is True
             assert result["total_bytes"] == 8 * MiB + 123
             assert sha256_of(Path(result["output"])) == digest, name

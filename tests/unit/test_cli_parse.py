@@ -482,7 +482,7 @@ def test_json_lines_are_one_object_each(capsys: pytest.CaptureFixture[str]) -> N
 # ---- the client path starts small ---------------------------------------------------------------
 
 HEAVY = ("shoal.peer", "shoal.tracker", "shoal.metrics", "shoal.store", "shoal.demo", "shoal.localswarm",
-         "prometheus_client", "kubernetes", "tqdm", "yaml", "shtab")  # fmt: skip
+         "prometheus_client", "kubernetes", "yaml", "shtab")  # fmt: skip
 
 
 def _modules_after(argv: list[str], tmp_path: Path) -> tuple[int, set[str]]:
