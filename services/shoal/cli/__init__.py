@@ -11,7 +11,7 @@ import logging
 import sys
 from collections.abc import Sequence
 
-from shoal import config, logs
+from shoal import config
 from shoal.cli.errors import (
     EXIT_FAILURE,
     EXIT_INTERRUPTED,
@@ -52,6 +52,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 def _run_tracker(args: argparse.Namespace) -> int:
     import asyncio
 
+    from shoal import logs
     from shoal.tracker.server import run_tracker
 
     logs.setup(args.log_level, args.log_format)
@@ -62,6 +63,7 @@ def _run_tracker(args: argparse.Namespace) -> int:
 def _run_peer(args: argparse.Namespace) -> int:
     import asyncio
 
+    from shoal import logs
     from shoal.memory import keep_large_buffers
     from shoal.peer.daemon import run_peer
 
@@ -74,6 +76,7 @@ def _run_peer(args: argparse.Namespace) -> int:
 
 
 def _run_demo(args: argparse.Namespace) -> int:
+    from shoal import logs
     from shoal.demo import run_demo
 
     logs.setup("WARNING")
