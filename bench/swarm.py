@@ -264,7 +264,7 @@ class Swarm:
                 if proc.poll() is None:
                     proc.kill()
                     proc.wait()
-        done = {name: json.loads(answers[name][0]) for name in leechers if gets[name].returncode == 0}
+        done = {name: json.loads(answers[name][0].splitlines()[-1]) for name in leechers if gets[name].returncode == 0}
         failed = {
             name: f"exit {gets[name].returncode}: {answers[name][1].decode(errors='replace').strip()[-500:]}"
             for name in leechers

@@ -1,10 +1,17 @@
-"""Every setting in one place: flags, their SHOAL_* env vars and their defaults."""
+"""Every setting in one place: its flag, SHOAL_* variable, default, parser and check; the CLI is built from these."""
 
 from __future__ import annotations
 
+import logging
 import os
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
+
+from shoal import units
+
+logger = logging.getLogger(__name__)
 
 # Lease defaults: a peer announces every 3 s and is forgotten after 3 missed intervals (9 s),
 # so a dead peer leaves every tracker within 10 s.
@@ -14,12 +21,262 @@ DEFAULT_CHUNK_SIZE = 1024 * 1024
 DEFAULT_UPLOAD_SLOTS = 16
 DEFAULT_MAX_PEERS_PER_DOWNLOAD = 16
 DEFAULT_REQUESTS_PER_PEER = 4
+DEFAULT_DEMO_PEERS = 6
+DEFAULT_DEMO_SIZE = 64 * 1024 * 1024
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+LOG_FORMATS = ("text", "json")
 
 
 def env(name: str, default: str | None = None) -> str | None:
     """Read SHOAL_<NAME>, treating an empty value as unset."""
     value = os.environ.get(f"SHOAL_{name}")
     return value if value else default
+
+
+@dataclass(frozen=True)
+class Setting:
+    """One setting: where it comes from (flag, then SHOAL_<env>, then default) and how it is read and checked."""
+
+    dest: str
+    flag: str
+    help: str
+    env: str | None = None
+    default: Any = None
+    parse: Callable[[str], Any] = str
+    check: Callable[[Any], None] | None = None
+    metavar: str | None = None
+    required: bool = False
+    fallback: Callable[[], Any] | None = None  # a default computed from other variables
+    shown_default: str | None = None  # the default as --help writes it
+
+    @property
+    def env_name(self) -> str | None:
+        """The variable's full name, or None when the setting has none."""
+        return f"SHOAL_{self.env}" if self.env else None
+
+    def read(self, flag_value: str | None) -> Any:
+        """The value from the flag, else the variable, else the default; ConfigError when wrong or missing."""
+        if flag_value is not None:
+            return self._convert(flag_value, f"{self.flag} {flag_value!r}")
+        text = env(self.env) if self.env else None
+        if text is not None:
+            return self._convert(text, f"{self.env_name}={text!r}")
+        value = self.fallback() if self.fallback is not None else self.default
+        if value is None and self.required:
+            raise ConfigError(self, f"{self.flag} {self.metavar or ''}".rstrip() + self._or_env() + " is required")
+        return value
+
+    def _convert(self, text: str, where: str) -> Any:
+        try:
+            value = self.parse(text)
+            if self.check is not None:
+                self.check(value)
+        except ValueError as err:
+            raise ConfigError(self, f"{where}: {err}") from None
+        return value
+
+    def _or_env(self) -> str:
+        return f" (or {self.env_name})" if self.env_name else ""
+
+
+class ConfigError(ValueError):
+    """A setting's value is missing or wrong; carries the setting so callers never read the message."""
+
+    def __init__(self, setting: Setting, message: str) -> None:
+        super().__init__(message)
+        self.setting = setting
+
+
+# ---- parsers and checks -------------------------------------------------------------------------
+
+
+def _int(text: str) -> int:
+    try:
+        return int(text.strip())
+    except ValueError:
+        raise ValueError("not an integer") from None
+
+
+def _choice(options: tuple[str, ...], *, upper: bool) -> Callable[[str], str]:
+    def parse(text: str) -> str:
+        value = text.strip().upper() if upper else text.strip().lower()
+        if value not in options:
+            raise ValueError(f"choose one of {', '.join(options)}")
+        return value
+
+    return parse
+
+
+def _at_least(low: float) -> Callable[[float], None]:
+    def check(value: float) -> None:
+        if value < low:
+            raise ValueError(f"must be at least {low:g}")
+
+    return check
+
+
+def _positive(value: float) -> None:
+    if value <= 0:
+        raise ValueError("must be positive")
+
+
+def _port(value: int) -> None:
+    if not 0 <= value <= 65535:
+        raise ValueError("not a port (0-65535)")
+
+
+def _address(value: str) -> None:
+    from shoal.net import split_host_port  # grpc comes with it: only the servers pay for it
+
+    split_host_port(value)
+
+
+def _addresses(text: str) -> tuple[str, ...]:
+    found = tuple(part.strip() for part in text.split(",") if part.strip())
+    if not found:
+        raise ValueError("no address given")
+    for address in found:
+        _address(address)
+    return found
+
+
+def _chunk_size(value: int) -> None:
+    from shoal import content
+
+    content.check_chunk_size(value)
+
+
+def _chunk_size_or_zero(value: int) -> None:
+    if value != 0:
+        _chunk_size(value)
+
+
+def _absolute(text: str) -> Path:
+    return Path(text).expanduser().absolute()
+
+
+def _default_peer() -> str | None:
+    data_dir = env("DATA_DIR")
+    return f"unix:{Path(data_dir).resolve() / 'control.sock'}" if data_dir else None
+
+
+# ---- the settings -------------------------------------------------------------------------------
+
+PEER = Setting(
+    "peer",
+    "--peer",
+    "the local daemon's control address, unix:PATH or HOST:PORT",
+    env="PEER",
+    fallback=_default_peer,
+    metavar="ADDR",
+    shown_default="unix:$SHOAL_DATA_DIR/control.sock",
+)
+LOG_LEVEL = Setting(
+    "log_level", "--log-level", "log threshold", env="LOG_LEVEL", default="INFO",
+    parse=_choice(LOG_LEVELS, upper=True), metavar="{" + ",".join(LOG_LEVELS) + "}",
+)  # fmt: skip
+LOG_FORMAT = Setting(
+    "log_format", "--log-format", "text lines, or one JSON object per line", env="LOG_FORMAT", default="text",
+    parse=_choice(LOG_FORMATS, upper=False), metavar="{text,json}",
+)  # fmt: skip
+METRICS_PORT = Setting(
+    "metrics_port", "--metrics-port", "serve Prometheus metrics on this port", env="METRICS_PORT",
+    parse=_int, check=_port, metavar="PORT", shown_default="off",
+)  # fmt: skip
+
+TRACKER_LISTEN = Setting(
+    "listen", "--listen", "address to serve on", env="LISTEN", default="0.0.0.0:7400", check=_address,
+    metavar="HOST:PORT",
+)  # fmt: skip
+ANNOUNCE_INTERVAL = Setting(
+    "announce_interval", "--announce-interval", "time between a peer's announces (seconds, or 3s, 500ms)",
+    env="ANNOUNCE_INTERVAL", default=DEFAULT_ANNOUNCE_INTERVAL, parse=units.parse_duration, check=_positive,
+    metavar="SECONDS",
+)  # fmt: skip
+PEER_TTL = Setting(
+    "peer_ttl", "--peer-ttl", "forget a peer this long after its last announce", env="PEER_TTL",
+    parse=units.parse_duration, check=_positive, metavar="SECONDS", shown_default=f"{DEFAULT_TTL_INTERVALS} intervals",
+)  # fmt: skip
+
+PEER_LISTEN = Setting(
+    "listen", "--listen", "peer-facing address", env="LISTEN", default="0.0.0.0:7401", check=_address,
+    metavar="HOST:PORT",
+)  # fmt: skip
+TRACKERS = Setting(
+    "tracker", "--tracker", "the trackers, comma-separated", env="TRACKER", parse=_addresses, required=True,
+    metavar="ADDR[,ADDR...]",
+)  # fmt: skip
+DATA_DIR = Setting(
+    "data_dir", "--data-dir", "where files live", env="DATA_DIR", parse=_absolute, required=True, metavar="DIR"
+)
+ADVERTISE = Setting(
+    "advertise", "--advertise", "address other peers dial", env="ADVERTISE", check=_address, metavar="HOST:PORT",
+    shown_default="the listen address",
+)  # fmt: skip
+CONTROL = Setting(
+    "control", "--control", "control API address, unix:PATH or 127.0.0.1:PORT", env="CONTROL", metavar="ADDR",
+    shown_default="unix:DATA_DIR/control.sock",
+)  # fmt: skip
+ZONE = Setting("zone", "--zone", "topology zone, preferred for sources", env="ZONE", default="", metavar="ZONE")
+CHUNK_SIZE = Setting(
+    "chunk_size", "--chunk-size", "chunk size of files this peer publishes, 16KiB-16MiB", env="CHUNK_SIZE",
+    default=DEFAULT_CHUNK_SIZE, parse=units.parse_size, check=_chunk_size, metavar="SIZE", shown_default="1MiB",
+)  # fmt: skip
+UPLOAD_LIMIT = Setting(
+    "upload_limit", "--upload-limit", "upload cap (bytes/s, or 50MB/s, 50M); 0 = none", env="UPLOAD_LIMIT",
+    default=0, parse=units.parse_rate, check=_at_least(0), metavar="RATE",
+)  # fmt: skip
+DOWNLOAD_LIMIT = Setting(
+    "download_limit", "--download-limit", "download cap (bytes/s, or 50MB/s, 50M); 0 = none", env="DOWNLOAD_LIMIT",
+    default=0, parse=units.parse_rate, check=_at_least(0), metavar="RATE",
+)  # fmt: skip
+UPLOAD_SLOTS = Setting(
+    "upload_slots", "--upload-slots", "chunk replies served at once", env="UPLOAD_SLOTS",
+    default=DEFAULT_UPLOAD_SLOTS, parse=_int, check=_at_least(1), metavar="N",
+)  # fmt: skip
+MAX_PEERS = Setting(
+    "max_peers", "--max-peers", "sources one download uses at once", env="MAX_PEERS",
+    default=DEFAULT_MAX_PEERS_PER_DOWNLOAD, parse=_int, check=_at_least(1), metavar="N",
+)  # fmt: skip
+REQUESTS_PER_PEER = Setting(
+    "requests_per_peer", "--requests-per-peer", "chunk requests in flight per source", env="REQUESTS_PER_PEER",
+    default=DEFAULT_REQUESTS_PER_PEER, parse=_int, check=_at_least(1), metavar="N",
+)  # fmt: skip
+
+PUT_CHUNK_SIZE = Setting(
+    "chunk_size", "--chunk-size", "chunk size for this file, 16KiB-16MiB", default=0, parse=units.parse_size,
+    check=_chunk_size_or_zero, metavar="SIZE", shown_default="the daemon's chunk size",
+)  # fmt: skip
+DEMO_PEERS = Setting(
+    "peers", "--peers", "leechers to start", env="DEMO_PEERS", default=DEFAULT_DEMO_PEERS, parse=_int,
+    check=_at_least(1), metavar="N",
+)  # fmt: skip
+DEMO_SIZE = Setting(
+    "size", "--size", "size of the demo file (bytes, or 1GiB, 500M)", env="DEMO_SIZE", default=DEFAULT_DEMO_SIZE,
+    parse=units.parse_size, check=_at_least(0), metavar="SIZE", shown_default="64MiB",
+)  # fmt: skip
+
+GLOBAL = (PEER, LOG_LEVEL, LOG_FORMAT)
+# What each command reads; a variable is parsed only by a command that reads it.
+COMMANDS: dict[str, tuple[Setting, ...]] = {
+    "tracker": (LOG_LEVEL, LOG_FORMAT, TRACKER_LISTEN, ANNOUNCE_INTERVAL, PEER_TTL, METRICS_PORT),
+    "peer": (
+        LOG_LEVEL, LOG_FORMAT, PEER_LISTEN, TRACKERS, DATA_DIR, ADVERTISE, CONTROL, ZONE, CHUNK_SIZE,
+        UPLOAD_LIMIT, DOWNLOAD_LIMIT, UPLOAD_SLOTS, MAX_PEERS, REQUESTS_PER_PEER, METRICS_PORT,
+    ),
+    "put": (PEER, PUT_CHUNK_SIZE),
+    "get": (PEER,),
+    "search": (PEER,),
+    "peers": (PEER,),
+    "ls": (PEER,),
+    "status": (PEER,),
+    "demo": (DEMO_PEERS, DEMO_SIZE),
+}  # fmt: skip
+
+
+def resolve(settings: Iterable[Setting], flags: Mapping[str, str | None]) -> dict[str, Any]:
+    """Each setting's value from its flag text (None: not given), its variable or its default."""
+    return {s.dest: s.read(flags.get(s.dest)) for s in settings}
 
 
 @dataclass(frozen=True)
@@ -37,6 +294,16 @@ class TrackerConfig:
         if self.peer_ttl is not None:
             return self.peer_ttl
         return self.announce_interval * DEFAULT_TTL_INTERVALS
+
+    @classmethod
+    def from_values(cls, values: Mapping[str, Any]) -> TrackerConfig:
+        """Build from resolve()'s answer for the tracker's settings."""
+        return cls(
+            listen=values["listen"],
+            announce_interval=values["announce_interval"],
+            peer_ttl=values["peer_ttl"],
+            metrics_port=values["metrics_port"],
+        )
 
 
 @dataclass(frozen=True)
@@ -57,7 +324,6 @@ class PeerConfig:
     requests_per_peer: int = DEFAULT_REQUESTS_PER_PEER
     metrics_port: int | None = None
     tracker_refresh: float = 30.0  # seconds between DNS re-resolutions of tracker names
-    extra: dict[str, str] = field(default_factory=dict)
 
     @property
     def control_address(self) -> str:
@@ -65,3 +331,22 @@ class PeerConfig:
         if self.control:
             return self.control
         return f"unix:{(self.data_dir / 'control.sock').resolve()}"
+
+    @classmethod
+    def from_values(cls, values: Mapping[str, Any]) -> PeerConfig:
+        """Build from resolve()'s answer for the peer's settings."""
+        return cls(
+            listen=values["listen"],
+            trackers=values["tracker"],
+            data_dir=values["data_dir"],
+            advertise=values["advertise"],
+            control=values["control"],
+            zone=values["zone"],
+            chunk_size=values["chunk_size"],
+            upload_limit=values["upload_limit"],
+            download_limit=values["download_limit"],
+            upload_slots=values["upload_slots"],
+            max_peers=values["max_peers"],
+            requests_per_peer=values["requests_per_peer"],
+            metrics_port=values["metrics_port"],
+        )

@@ -145,7 +145,7 @@ def run_demo(args: argparse.Namespace) -> int:
                 ok = False
                 print(f"{name:<8} FAILED: {err.strip()}")
                 continue
-            result = json.loads(out)
+            result = json.loads(out.splitlines()[-1])  # get --json streams progress lines, the summary last
             seconds = float(result["seconds"])
             sources = result["sources"]
             received = sources["from_complete_bytes"] + sources["from_partial_bytes"]

@@ -35,7 +35,9 @@ def ok(result: subprocess.CompletedProcess[str]) -> str:
 
 def shoal_json(swarm: LocalSwarm, peer: Proc, *args: str, timeout: float = CLI_TIMEOUT) -> dict[str, Any]:
     """Run `shoal --json ARGS` against `peer`, assert it succeeded, and return its parsed output."""
-    data = json.loads(ok(shoal(swarm, peer, "--json", *args, timeout=timeout)))
+    out = ok(shoal(swarm, peer, "--json", *args, timeout=timeout))
+    # `get --json` streams one object per progress message and ends with the summary; the others print one document.
+    data = json.loads(out.splitlines()[-1] if args and args[0] == "get" else out)
     assert isinstance(data, dict), data
     return data
 

@@ -51,7 +51,7 @@ def test_concurrent_downloaders_all_verify(swarm: LocalSwarm, tmp_path: Path) ->
         for name, proc in gets.items():
             out, err = proc.communicate(timeout=CLI_TIMEOUT)
             assert proc.returncode == 0, f"{name}: {err}"
-            result = json.loads(out)
+            result = json.loads(out.splitlines()[-1])
             assert result["done"] is True
             assert result["total_bytes"] == 8 * MiB + 123
             assert sha256_of(Path(result["output"])) == digest, name

@@ -1,0 +1,245 @@
+"""The client commands: each one talks to the local daemon's control API and prints what it answered."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import os
+import sys
+from collections.abc import Callable, Coroutine
+from pathlib import Path
+from typing import Any
+
+import grpc
+
+from shoal import content, net
+from shoal.cli import output
+from shoal.cli.errors import EXIT_FAILURE, EXIT_NOT_FOUND, EXIT_UNREACHABLE, EXIT_USAGE, CliError
+from shoal.units import format_size
+from shoal.v1 import control_pb2, control_pb2_grpc
+
+logger = logging.getLogger(__name__)
+
+CONNECT_TIMEOUT = 5.0
+_CODES = {
+    grpc.StatusCode.NOT_FOUND: EXIT_NOT_FOUND,
+    grpc.StatusCode.INVALID_ARGUMENT: EXIT_USAGE,
+}
+
+
+def _unreachable(target: str) -> CliError:
+    return CliError(f"cannot reach the shoal daemon at {target} (is `shoal peer` running?)", EXIT_UNREACHABLE)
+
+
+async def _connect(channel: grpc.aio.Channel, target: str, timeout: float = CONNECT_TIMEOUT) -> None:
+    """Wait for the channel to be ready; a target that fails to resolve or connect is 'cannot reach'."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    state = channel.get_state(try_to_connect=True)
+    while state != grpc.ChannelConnectivity.READY:
+        if state in (grpc.ChannelConnectivity.TRANSIENT_FAILURE, grpc.ChannelConnectivity.SHUTDOWN):
+            raise _unreachable(target)
+        try:
+            await asyncio.wait_for(channel.wait_for_state_change(state), deadline - loop.time())
+        except TimeoutError:
+            raise CliError(f"the shoal daemon at {target} did not answer in time", EXIT_UNREACHABLE) from None
+        state = channel.get_state()
+
+
+async def run(args: argparse.Namespace) -> int:
+    """Connect to the daemon named by --peer and run one command."""
+    check_locally(args)
+    if not args.peer:
+        raise CliError("no daemon given: pass --peer ADDR or set SHOAL_PEER", EXIT_USAGE)
+    try:
+        channel = grpc.aio.insecure_channel(args.peer, options=net.CHANNEL_OPTIONS)
+    except (ValueError, RuntimeError):
+        raise _unreachable(args.peer) from None
+    async with channel:
+        await _connect(channel, args.peer)
+        stub = control_pb2_grpc.ControlStub(channel)
+        try:
+            return await COMMANDS[args.command](stub, args)
+        except grpc.aio.AioRpcError as err:
+            if err.code() == grpc.StatusCode.DEADLINE_EXCEEDED:
+                raise CliError(f"the shoal daemon at {args.peer} did not answer in time", EXIT_UNREACHABLE) from None
+            raise CliError(err.details() or err.code().name, _CODES.get(err.code(), EXIT_FAILURE)) from None
+
+
+def check_locally(args: argparse.Namespace) -> None:
+    """What can be wrong without asking the daemon (ids, paths) is reported before connecting."""
+    if args.command in ("get", "peers"):
+        args.file_id = _file_id(args.file_id)
+    if args.command == "put":
+        args.path = Path(args.path).expanduser().absolute()
+        if not args.path.exists():
+            raise CliError(f"no such file: {args.path}", EXIT_NOT_FOUND)
+        if not args.path.is_file():
+            raise CliError(f"not a regular file: {args.path}", EXIT_USAGE)
+    if args.command == "get":
+        target = Path(args.output).expanduser().absolute()
+        args.into_dir = args.output.endswith(os.sep) or target.is_dir()
+        if args.into_dir and not target.is_dir():
+            raise CliError(f"output directory does not exist: {target}", EXIT_NOT_FOUND)
+        if not args.into_dir:
+            if not target.parent.is_dir():
+                raise CliError(f"output directory does not exist: {target.parent}", EXIT_NOT_FOUND)
+            _refuse_existing(target, args.overwrite)
+        args.output = target
+
+
+def _file_id(text: str) -> str:
+    try:
+        return content.parse_file_id(text)
+    except content.ContentError as err:
+        raise CliError(str(err), EXIT_USAGE) from None
+
+
+def _refuse_existing(path: Path, overwrite: bool) -> None:
+    """Never replace a file the user did not ask to replace (dfget refuses the same way)."""
+    if (path.exists() or path.is_symlink()) and not overwrite:
+        raise CliError(f"output exists: {path} (pass --overwrite to replace it)", EXIT_FAILURE)
+
+
+async def put(stub: control_pb2_grpc.ControlStub, args: argparse.Namespace) -> int:
+    """Publish a local file; print its id last."""
+    request = control_pb2.PutRequest(path=str(args.path), name=args.name or "", chunk_size=args.chunk_size)
+    reply = await stub.Put(request)
+    if args.json:
+        output.print_json(reply)
+    else:
+        print(f"published {reply.file.name} ({format_size(reply.file.size)}, {reply.chunks} chunks)")
+        print(reply.file.file_id)
+    return 0
+
+
+class _Watcher:
+    """Shows a download's progress: a bar on a terminal, JSON lines with --json, nothing otherwise."""
+
+    def __init__(self, as_json: bool) -> None:
+        self._json = as_json
+        self._draw = not as_json and sys.stderr.isatty()
+        self.bar: output.ProgressBar | None = None
+
+    def show(self, progress: control_pb2.GetProgress) -> None:
+        if self._json:
+            output.print_json_line(output.plain(progress))
+        elif self._draw and progress.total_bytes:
+            if self.bar is None:
+                self.bar = output.ProgressBar(progress.file.name or progress.file.file_id[:12], progress.total_bytes)
+            self.bar.update(progress.done_bytes)
+
+    def close(self, final: control_pb2.GetProgress | None) -> None:
+        if self.bar is not None:
+            if final is not None:
+                self.bar.update(final.done_bytes, force=True)
+            self.bar.close()
+
+
+def _named_output(directory: Path, name: str, overwrite: bool) -> Path:
+    """DIR/<name> for `get -o DIR/`, once the manifest has told us the name."""
+    if not name or name in (".", "..") or "/" in name or "\x00" in name:
+        raise CliError(f"the file's name {name!r} cannot be a file name here; pass -o PATH", EXIT_FAILURE)
+    path = directory / name
+    _refuse_existing(path, overwrite)
+    return path
+
+
+async def get(stub: control_pb2_grpc.ControlStub, args: argparse.Namespace) -> int:
+    """Download a file; with -o DIR/ the file keeps its published name inside DIR."""
+    file_id, target, into_dir = args.file_id, args.output, args.into_dir
+    # Into a directory, the name is known only from the manifest: download into the store, then export.
+    request = control_pb2.GetRequest(file_id=file_id, output="" if into_dir else str(target))
+    dest: Path | None = None if into_dir else target
+    watcher = _Watcher(args.json)
+    final = None
+    call = stub.Get(request)
+    try:
+        async for progress in call:
+            if dest is None and progress.file.name:
+                dest = _named_output(target, progress.file.name, args.overwrite)
+            if progress.done:
+                final = progress
+            else:
+                watcher.show(progress)
+    finally:
+        call.cancel()
+        watcher.close(final)
+    if final is None or dest is None:
+        raise CliError("download ended without a result")
+    if into_dir:
+        async for _ in stub.Get(control_pb2.GetRequest(file_id=file_id, output=str(dest))):
+            pass
+    if args.json:
+        output.print_json_line(output.summary_data(final, dest))
+    else:
+        print(output.summary_line(final, dest))
+    return 0
+
+
+async def search(stub: control_pb2_grpc.ControlStub, args: argparse.Namespace) -> int:
+    """Files whose name contains the term; exit 4 when none does."""
+    reply = await stub.Search(control_pb2.SearchRequest(term=args.term))
+    if args.json:
+        output.print_json(reply)
+    else:
+        for result in reply.results:
+            holders = f"{result.complete_holders} complete, {result.partial_holders} partial"
+            print(f"{result.file.file_id}  {format_size(result.file.size):>10}  {result.file.name}  ({holders})")
+    if not reply.results:
+        raise CliError(f"no file matches {args.term!r}", EXIT_NOT_FOUND)
+    return 0
+
+
+async def peers(stub: control_pb2_grpc.ControlStub, args: argparse.Namespace) -> int:
+    """Live peers holding a file; exit 4 when none does."""
+    reply = await stub.Peers(control_pb2.PeersRequest(file_id=args.file_id))
+    if args.json:
+        output.print_json(reply)
+    else:
+        for holder in reply.holders:
+            zone = f" zone={holder.peer.zone}" if holder.peer.zone else ""
+            state = "complete" if holder.complete else "partial"
+            print(f"{holder.peer.peer_id}  {holder.peer.address}  {state}{zone}")
+    if not reply.holders:
+        raise CliError(f"no live peer holds {args.file_id}", EXIT_NOT_FOUND)
+    return 0
+
+
+async def ls(stub: control_pb2_grpc.ControlStub, args: argparse.Namespace) -> int:
+    """What this peer holds or is downloading."""
+    reply = await stub.List(control_pb2.ListRequest())
+    if args.json:
+        output.print_json(reply)
+        return 0
+    for local in reply.files:
+        state = "complete" if local.complete else f"{local.chunks_done}/{local.chunks_total} chunks"
+        print(f"{local.file.file_id}  {format_size(local.file.size):>10}  {local.file.name}  {state}")
+    return 0
+
+
+async def status(stub: control_pb2_grpc.ControlStub, args: argparse.Namespace) -> int:
+    """This peer's id, address, trackers and traffic."""
+    reply = await stub.Status(control_pb2.StatusRequest(), timeout=5)
+    if args.json:
+        output.print_json(reply)
+        return 0
+    print(f"peer      {reply.peer.peer_id}")
+    print(f"address   {reply.peer.address}" + (f" (zone {reply.peer.zone})" if reply.peer.zone else ""))
+    print(f"trackers  {', '.join(reply.trackers) or '-'} (up: {', '.join(reply.trackers_up) or 'none'})")
+    print(f"uploaded  {format_size(reply.uploaded_bytes)}")
+    print(f"download  {format_size(reply.downloaded_bytes)}")
+    print(f"active    {reply.active_downloads} downloads")
+    print(f"data dir  {reply.data_dir}")
+    return 0
+
+
+COMMANDS: dict[str, Callable[[control_pb2_grpc.ControlStub, argparse.Namespace], Coroutine[Any, Any, int]]] = {
+    "put": put,
+    "get": get,
+    "search": search,
+    "peers": peers,
+    "ls": ls,
+    "status": status,
+}
