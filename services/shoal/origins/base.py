@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import logging
 import re
@@ -99,6 +100,11 @@ def version_key(file: OriginFile, chunk_size: int) -> str:
         raise ValueError("chunk_size must be positive")
     fields = ("shoal-origin/1", file.url, file.validator, str(file.size), str(chunk_size), file.digest or "")
     return hashlib.sha256("\n".join(fields).encode()).hexdigest()
+
+
+def basic_auth(user: str, password: str) -> str:
+    """An Authorization value for RFC 7617 Basic auth (UTF-8)."""
+    return "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode("ascii")
 
 
 def display_url(url: str) -> str:

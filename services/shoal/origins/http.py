@@ -4,10 +4,9 @@ from __future__ import annotations
 
 import logging
 
-import aiohttp
 from yarl import URL
 
-from shoal.origins.base import Origin, OriginFile, OriginOptions, check_range, display_url
+from shoal.origins.base import Origin, OriginFile, OriginOptions, basic_auth, check_range, display_url
 from shoal.origins.errors import OriginProtocolError
 from shoal.origins.retry import with_retries
 from shoal.origins.transport import HttpTransport, read_exact, status_error, strong_validator, total_size
@@ -26,8 +25,7 @@ class HttpOrigin(Origin):
         self._transport = HttpTransport(options, self.display_url)
         self._private = dict(options.headers)
         if self.url.user is not None:
-            auth = aiohttp.BasicAuth(self.url.user, self.url.password or "")
-            self._private.setdefault("Authorization", auth.encode())
+            self._private.setdefault("Authorization", basic_auth(self.url.user, self.url.password or ""))
             self.url = self.url.with_user(None)
 
     async def stat(self) -> OriginFile:

@@ -10,7 +10,7 @@ from typing import TypeVar
 import aiohttp
 from yarl import URL
 
-from shoal.origins.base import Origin, OriginFile, OriginOptions, check_range
+from shoal.origins.base import Origin, OriginFile, OriginOptions, basic_auth, check_range
 from shoal.origins.errors import OriginDenied, OriginProtocolError
 from shoal.origins.retry import with_retries
 from shoal.origins.transport import HttpTransport, read_exact, status_error
@@ -104,7 +104,7 @@ class OciOrigin(Origin):
         """Answer a 401: Bearer -> a token from the realm; Basic -> our credentials; else OriginDenied."""
         scheme, params = parse_challenge(challenge)
         credentials = self.options.registry_credentials
-        basic = aiohttp.BasicAuth(*credentials).encode() if credentials else None
+        basic = basic_auth(*credentials) if credentials else None
         if scheme == "basic" and basic:
             self._auth = {"Authorization": basic}
         elif scheme == "bearer" and "realm" in params:

@@ -124,6 +124,9 @@ class HttpTransport:
                 finally:
                     response.close()
                 return
+        except aiohttp.ClientSSLError as err:
+            # A certificate we do not trust will not become trusted by retrying.
+            raise OriginProtocolError(self.display, f"{what}: TLS failed ({type(err).__name__})") from err
         except TRANSIENT as err:
             raise OriginUnavailable(self.display, f"{what}: connection failed ({type(err).__name__})") from err
         raise OriginProtocolError(self.display, f"{what}: more than {self.options.max_redirects} redirects")
