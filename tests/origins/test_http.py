@@ -8,6 +8,7 @@ import time
 from pathlib import Path
 
 import pytest
+from tests.origins.servers import Nginx
 
 from shoal.origins import (
     OriginChanged,
@@ -19,7 +20,6 @@ from shoal.origins import (
     parse_origin,
     version_key,
 )
-from tests.origins.conftest import Nginx
 
 SECRET_TOKEN = "tok-5f1d8e-never-log-me"
 SECRET_BEARER = "Bearer abc-never-log-me-either"

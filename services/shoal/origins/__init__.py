@@ -65,18 +65,19 @@ def is_origin_url(text: str) -> bool:
 def parse_origin(url: str, options: OriginOptions | None = None) -> Origin:
     """The Origin for a URL; UnsupportedOrigin (a ValueError) for anything Shoal cannot read."""
     options = options or OriginOptions()
-    shown = display_url(url) if "://" in url else url
+    scheme = url.partition("://")[0].lower() if "://" in url else ""
+    shown = url if scheme in ("s3", "oci") else display_url(url)
     if options.expected_digest is not None and not DIGEST_RE.match(options.expected_digest):
         raise UnsupportedOrigin(shown, "a digest must be sha256: and 64 lowercase hex digits")
-    try:
-        parts = urlsplit(url)
-        parts.port  # noqa: B018 - raises ValueError on a bad port
-    except ValueError as err:
-        raise UnsupportedOrigin(shown, "not a valid URL") from err
-    scheme = parts.scheme.lower()
     if scheme in ("http", "https"):
+        try:
+            parts = urlsplit(url)
+            parts.port  # noqa: B018 - raises ValueError on a bad port
+        except ValueError as err:
+            raise UnsupportedOrigin(shown, "not a valid URL") from err
         if not parts.hostname:
             raise UnsupportedOrigin(shown, "no host in the URL")
+        # Each client library loads only for its scheme (aiobotocore is heavy and only s3:// needs it).
         from shoal.origins.http import HttpOrigin
 
         return HttpOrigin(url, options)

@@ -110,10 +110,7 @@ def basic_auth(user: str, password: str) -> str:
 def display_url(url: str) -> str:
     """The URL without userinfo and without presigned-URL secrets: what we show, log and key on."""
     parts = urlsplit(url)
-    host = parts.hostname or ""
-    if ":" in host:
-        host = f"[{host}]"
-    netloc = f"{host}:{parts.port}" if parts.port is not None else host
+    netloc = parts.netloc.rpartition("@")[2]
     query = [
         (k, v) for k, v in parse_qsl(parts.query, keep_blank_values=True) if k.lower() not in FILTERED_QUERY_PARAMS
     ]
