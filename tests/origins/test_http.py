@@ -21,6 +21,8 @@ from shoal.origins import (
     version_key,
 )
 
+pytestmark = pytest.mark.origins
+
 SECRET_TOKEN = "tok-5f1d8e-never-log-me"
 SECRET_BEARER = "Bearer abc-never-log-me-either"
 

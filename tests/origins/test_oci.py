@@ -10,9 +10,11 @@ from dataclasses import dataclass, field
 import aiohttp
 import pytest
 from aiohttp import web
-from tests.origins.servers import Registry
+from tests.origins.servers import Registry, free_port
 
 from shoal.origins import OriginDenied, OriginNotFound, OriginOptions, RetryPolicy, parse_origin
+
+pytestmark = pytest.mark.origins
 
 
 async def push_blob(registry: Registry, repository: str, data: bytes) -> str:
@@ -69,6 +71,8 @@ class TokenRegistry:
     denied_requests: int = 0
     issue: bool = True
     accepted: str = ""
+    redirect: bool = False
+    storage_auth: list[str] = field(default_factory=list)
 
 
 @pytest.fixture
@@ -88,6 +92,17 @@ async def token_registry() -> AsyncIterator[TokenRegistry]:
             state.denied_requests += 1
             realm = f'Bearer realm="http://{state.host}/token",service="test-registry",scope="repository:team/app:pull"'
             return web.json_response({"errors": []}, status=401, headers={"WWW-Authenticate": realm})
+        if state.redirect and request.method == "GET":
+            # Like a registry on S3 or GCS: blobs come from storage on another host (localhost is not 127.0.0.1).
+            location = f"http://localhost:{state.host.rpartition(':')[2]}/storage/{state.digest}"
+            raise web.HTTPTemporaryRedirect(location)
+        return serve(request)
+
+    async def storage(request: web.Request) -> web.StreamResponse:
+        state.storage_auth.append(request.headers.get("Authorization", ""))
+        return serve(request)
+
+    def serve(request: web.Request) -> web.StreamResponse:
         start, _, end = request.headers.get("Range", "bytes=0-").removeprefix("bytes=").partition("-")
         if request.method == "HEAD":
             return web.Response(headers={"Content-Length": str(len(blob)), "Docker-Content-Digest": state.digest})
@@ -98,14 +113,13 @@ async def token_registry() -> AsyncIterator[TokenRegistry]:
     app = web.Application()
     app.router.add_get("/token", token)
     app.router.add_get(f"/v2/team/app/blobs/{state.digest}", get_blob)
+    app.router.add_get(f"/storage/{state.digest}", storage)
     runner = web.AppRunner(app)
     await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
+    port = free_port()
+    await web.TCPSite(runner, "127.0.0.1", port).start()
     try:
-        server = site._server
-        assert server is not None
-        state.host = f"127.0.0.1:{server.sockets[0].getsockname()[1]}"  # type: ignore[attr-defined]
+        state.host = f"127.0.0.1:{port}"
         yield state
     finally:
         await runner.cleanup()
@@ -140,3 +154,11 @@ async def test_a_token_that_still_does_not_open_the_blob_is_denied(token_registr
         with pytest.raises(OriginDenied) as caught:
             await origin.read_range(0, 10, reg.digest)
     assert caught.value.status == 401 and reg.denied_requests == 2 and len(reg.token_requests) == 1
+
+
+async def test_a_blob_redirected_to_storage_keeps_the_token_home(token_registry: TokenRegistry) -> None:
+    reg = token_registry
+    reg.redirect = True
+    async with parse_origin(f"oci://{reg.host}/team/app@{reg.digest}") as origin:
+        assert await origin.read_range(5, 50, reg.digest) == reg.blob[5:55]
+    assert reg.storage_auth == [""] and len(reg.token_requests) == 1

@@ -10,6 +10,7 @@ from shoal.origins import (
     OriginOptions,
     UnsupportedOrigin,
     display_url,
+    is_origin_url,
     parse_headers,
     parse_origin,
     version_key,
@@ -117,3 +118,8 @@ def test_bearer_challenges_parse() -> None:
         "service": "registry.docker.io",
         "scope": "repository:a/b:pull",
     }
+
+
+def test_origin_urls_are_told_from_file_ids_and_paths() -> None:
+    assert is_origin_url("https://host/a") and is_origin_url(f"oci://r/a@{DIGEST}") and is_origin_url("s3://b/k")
+    assert not is_origin_url("0" * 64) and not is_origin_url("/tmp/file") and not is_origin_url("ftp://host/a")

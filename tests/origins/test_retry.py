@@ -14,6 +14,8 @@ from tests.origins.servers import free_port
 from shoal.origins import OriginOptions, OriginProtocolError, OriginUnavailable, RetryPolicy, parse_origin
 from shoal.origins.retry import with_retries
 
+pytestmark = pytest.mark.origins
+
 
 class Recorder:
     """An injected sleep that records each pause and returns at once."""

@@ -19,6 +19,8 @@ from shoal.origins import (
     version_key,
 )
 
+pytestmark = pytest.mark.origins
+
 
 async def put_object(moto: Moto, bucket: str, key: str, data: bytes, public: bool = False) -> str:
     """Create the bucket if needed and upload; returns the object's ETag."""

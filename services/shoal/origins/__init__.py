@@ -44,6 +44,7 @@ __all__ = [
     "RetryPolicy",
     "UnsupportedOrigin",
     "display_url",
+    "is_origin_url",
     "parse_headers",
     "parse_origin",
     "version_key",
