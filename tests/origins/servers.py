@@ -27,7 +27,8 @@ pid {prefix}/nginx.pid;
 events {{ worker_connections 64; }}
 http {{
     log_format witness escape=none '$server_port $status $request_method $uri range=[$http_range] '
-        'if_range=[$http_if_range] bytes=$body_bytes_sent auth=[$http_authorization] token=[$http_x_token]';
+        'if_range=[$http_if_range] bytes=$body_bytes_sent auth=[$http_authorization] token=[$http_x_token] '
+        'args=[$args]';
     access_log {prefix}/access.log witness;
     client_body_temp_path {prefix}/body;
     proxy_temp_path {prefix}/proxy;

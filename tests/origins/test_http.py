@@ -163,3 +163,14 @@ async def test_an_empty_file_has_size_zero(nginx: Nginx) -> None:
     async with parse_origin(nginx.url("empty.bin")) as origin:
         file = await origin.stat()
     assert file.size == 0 and file.validator
+
+
+async def test_a_presigned_query_goes_out_byte_for_byte_and_is_never_shown(nginx: Nginx) -> None:
+    write(nginx.root / "signed.bin", b"s" * 100)
+    url = nginx.url("signed.bin") + "?X-Amz-Signature=ab%2Bcd%3D&v=1&sig=a%2Fb"
+    async with parse_origin(url) as origin:
+        file = await origin.stat()
+        assert file.url == nginx.url("signed.bin") + "?v=1"
+        assert await origin.read_range(0, 100, file.validator) == b"s" * 100
+    sent = [line for line in nginx.lines() if "/signed.bin" in line]
+    assert len(sent) == 2 and all(line.endswith("args=[X-Amz-Signature=ab%2Bcd%3D&v=1&sig=a%2Fb]") for line in sent)

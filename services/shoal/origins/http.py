@@ -4,12 +4,10 @@ from __future__ import annotations
 
 import logging
 
-from yarl import URL
-
 from shoal.origins.base import Origin, OriginFile, OriginOptions, basic_auth, check_range, display_url
 from shoal.origins.errors import OriginProtocolError
 from shoal.origins.retry import with_retries
-from shoal.origins.transport import HttpTransport, read_exact, status_error, strong_validator, total_size
+from shoal.origins.transport import HttpTransport, read_exact, status_error, strong_validator, total_size, wire_url
 
 logger = logging.getLogger(__name__)
 
@@ -18,7 +16,7 @@ class HttpOrigin(Origin):
     """A file behind http:// or https://; userinfo in the URL becomes Basic auth, sent only to that host."""
 
     def __init__(self, url: str, options: OriginOptions) -> None:
-        self.url = URL(url, encoded=False)
+        self.url = wire_url(url)
         self.scheme = self.url.scheme
         self.display_url = display_url(url)
         self.options = options

@@ -31,6 +31,11 @@ _UNSATISFIED_RANGE_RE = re.compile(r"^bytes \*/(\d+)$")
 TRANSIENT = (aiohttp.ClientConnectionError, aiohttp.ClientPayloadError, asyncio.TimeoutError, ConnectionError)
 
 
+def wire_url(text: str) -> URL:
+    """The URL as given when it is already encoded (presigned signatures are byte-sensitive), else quoted."""
+    return URL(text, encoded=all(32 < ord(c) < 127 for c in text))
+
+
 def same_origin(a: URL, b: URL) -> bool:
     """RFC 6454 origin: scheme, host and port; credentials go only where they were meant to."""
     return (a.scheme, a.host, a.port) == (b.scheme, b.host, b.port)
@@ -116,7 +121,7 @@ class HttpTransport:
                 response = await self.session().request(method, target, headers=headers, allow_redirects=False)
                 if response.status in REDIRECTS and "Location" in response.headers:
                     response.release()
-                    target = target.join(URL(response.headers["Location"]))
+                    target = target.join(wire_url(response.headers["Location"]))
                     logger.debug("%s: redirected (%d) to %s", self.display, response.status, target.host)
                     continue
                 try:
