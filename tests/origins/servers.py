@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
 import socket
 import ssl
@@ -10,7 +11,9 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+import aiohttp
 import pytest
+from yarl import URL
 
 NGINX = "/usr/sbin/nginx"
 REGISTRY = "/usr/bin/docker-registry"
@@ -160,3 +163,40 @@ class Registry:
 
     host: str
     log: Path
+
+
+TOKEN_REGISTRY_CONF = """\
+version: 0.1
+log:
+  level: info
+  accesslog:
+    disabled: false
+storage:
+  filesystem:
+    rootdirectory: {root}
+http:
+  addr: 127.0.0.1:{port}
+auth:
+  token:
+    realm: http://127.0.0.1:{realm_port}/token
+    service: {service}
+    issuer: {issuer}
+    rootcertbundle: {bundle}
+"""
+
+
+async def push_blob(registry: Registry, repository: str, data: bytes, token: str = "") -> str:
+    """Monolithic upload (distribution spec): POST an upload session, then PUT ?digest= with the bytes."""
+    digest = "sha256:" + hashlib.sha256(data).hexdigest()
+    base = f"http://{registry.host}/v2/{repository}/blobs/uploads/"
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
+    async with aiohttp.ClientSession(headers=headers) as session:
+        async with session.post(base) as started:
+            assert started.status == 202, await started.text()
+            location = started.headers["Location"]
+        upload = URL(location)
+        if not upload.is_absolute():
+            upload = URL(f"http://{registry.host}").join(upload)
+        async with session.put(upload.update_query(digest=digest), data=data) as done:
+            assert done.status == 201, await done.text()
+    return digest

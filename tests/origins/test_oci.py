@@ -7,30 +7,13 @@ import os
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 
-import aiohttp
 import pytest
 from aiohttp import web
-from tests.origins.servers import Registry, free_port
+from tests.origins.servers import Registry, free_port, push_blob
 
 from shoal.origins import OriginDenied, OriginNotFound, OriginOptions, RetryPolicy, parse_origin
 
 pytestmark = pytest.mark.origins
-
-
-async def push_blob(registry: Registry, repository: str, data: bytes) -> str:
-    """Monolithic upload (distribution spec): POST an upload session, then PUT ?digest= with the bytes."""
-    digest = "sha256:" + hashlib.sha256(data).hexdigest()
-    base = f"http://{registry.host}/v2/{repository}/blobs/uploads/"
-    async with aiohttp.ClientSession() as session:
-        async with session.post(base) as started:
-            assert started.status == 202, await started.text()
-            location = started.headers["Location"]
-        upload = aiohttp.client.URL(location)
-        if not upload.is_absolute():
-            upload = aiohttp.client.URL(f"http://{registry.host}").join(upload)
-        async with session.put(upload.update_query(digest=digest), data=data) as done:
-            assert done.status == 201, await done.text()
-    return digest
 
 
 async def test_a_pushed_blob_reads_byte_exact_by_range(registry: Registry) -> None:
