@@ -2,7 +2,8 @@
 # Install the Debian packages the tests and benches need, only those missing; idempotent.
 #
 # iproute2/iptables: fault-injection suite (network namespaces); curl + nginx-light: bench/pair.py
-# baseline; prometheus: the metrics suite (/usr/bin/prometheus, /usr/bin/promtool).
+# baseline and the HTTP origin of tests/origins; prometheus: the metrics suite (/usr/bin/prometheus,
+# /usr/bin/promtool); docker-registry + openssl: the OCI origin and the HTTPS certificate of tests/origins.
 # Nothing is left running: daemons are started by the tests and benches themselves, as subprocesses.
 set -euo pipefail
 
@@ -16,6 +17,8 @@ wanted=(
   "nginx-light:/usr/sbin/nginx"
   "prometheus:/usr/bin/prometheus"
   "prometheus:/usr/bin/promtool"
+  "docker-registry:/usr/bin/docker-registry"
+  "openssl:/usr/bin/openssl"
 )
 
 missing=()
@@ -29,7 +32,7 @@ for pair in "${wanted[@]}"; do
 done
 
 if [[ ${#missing[@]} -eq 0 ]]; then
-  echo "system-deps: all present (ip, iptables, curl, nginx, prometheus, promtool)"
+  echo "system-deps: all present (ip, iptables, curl, nginx, prometheus, promtool, docker-registry, openssl)"
   exit 0
 fi
 
@@ -57,7 +60,7 @@ apt_opts=(-o DPkg::Lock::Timeout=300 -o Dpkg::Options::=--force-confdef -o Dpkg:
 
 # Belt and braces: if a service did start anyway (e.g. systemd ignoring policy-rc.d), stop it and
 # keep it from starting at boot.
-for svc in nginx prometheus; do
+for svc in nginx prometheus docker-registry; do
   if [[ -e /etc/init.d/${svc} ]] && "${SUDO[@]}" service "${svc}" status >/dev/null 2>&1; then
     echo "system-deps: stopping the ${svc} system service"
     "${SUDO[@]}" service "${svc}" stop || true
