@@ -10,7 +10,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
-from tests.origins.servers import (
+from origins.servers import (
     NGINX,
     NGINX_CONF,
     OPENSSL,

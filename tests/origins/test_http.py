@@ -8,7 +8,7 @@ import time
 from pathlib import Path
 
 import pytest
-from tests.origins.servers import Nginx
+from origins.servers import Nginx
 
 from shoal.origins import (
     OriginChanged,

@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 
 import pytest
 from aiohttp import web
-from tests.origins.servers import Registry, free_port, push_blob
+from origins.servers import Registry, free_port, push_blob
 
 from shoal.origins import OriginDenied, OriginNotFound, OriginOptions, RetryPolicy, parse_origin
 

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 from aiohttp import web
-from tests.origins.servers import (
+from origins.servers import (
     REGISTRY,
     TOKEN_REGISTRY_CONF,
     Process,
@@ -19,7 +19,7 @@ from tests.origins.servers import (
     push_blob,
     start,
 )
-from tests.origins.tokens import ISSUER, SERVICE, TokenIssuer
+from origins.tokens import ISSUER, SERVICE, TokenIssuer
 
 from shoal.origins import OriginDenied, OriginOptions, parse_origin
 from shoal.origins.base import basic_auth

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 from aiohttp import web
-from tests.origins.servers import free_port
+from origins.servers import free_port
 
 from shoal.origins import OriginOptions, OriginProtocolError, OriginUnavailable, RetryPolicy, parse_origin
 from shoal.origins.retry import with_retries

@@ -7,7 +7,7 @@ from collections.abc import Callable
 
 import pytest
 from aiobotocore.session import get_session
-from tests.origins.servers import Moto
+from origins.servers import Moto
 
 from shoal.origins import (
     OriginChanged,
