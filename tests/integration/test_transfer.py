@@ -193,7 +193,8 @@ def test_interrupted_get_resumes_from_verified_chunks(swarm: LocalSwarm, tmp_pat
 
 
 def test_peer_restarted_mid_download_resumes_and_exports(swarm: LocalSwarm, tmp_path: Path) -> None:
-    _, leecher, file_id, digest = slow_seed(swarm, tmp_path)
+    # 6 s of transfer: the stop must land mid-download even when a loaded machine makes each poll slow.
+    _, leecher, file_id, digest = slow_seed(swarm, tmp_path, size=6 * MiB)
     output = tmp_path / "after-restart.bin"
     client = start_get(leecher, file_id, output)
     try:
