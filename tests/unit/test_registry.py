@@ -8,13 +8,14 @@ from shoal.tracker.registry import (
     DEFAULT_SEARCH_LIMIT,
     MAX_HOLDERS_LIMIT,
     MAX_SEARCH_LIMIT,
+    MIN_SECRET,
+    AddressTaken,
     FileMeta,
     Holding,
-    Peer,
-    Registry,
-    AddressTaken,
     Limits,
     NotOwner,
+    Peer,
+    Registry,
     RegistryFull,
 )
 
@@ -308,15 +309,17 @@ def test_unbound_id_stays_open_until_its_lease_lapses(reg: Registry, clock: Fake
         reg.leave_as("peer-1")
 
 
-def test_stale_secret_registers_again_after_a_lapse_or_restart(clock: FakeClock) -> None:
+def test_a_new_lease_keeps_the_secret_the_peer_brings(clock: FakeClock) -> None:
     first = Registry(TTL, clock=clock)
-    _, old = first.announce_as(peer(1), [held(A)], accepts_secret=True)
-    restarted = Registry(TTL, clock=clock)  # a replica that lost its state: the old secret must not fail the peer
-    joined, new = restarted.announce_as(peer(1), [held(A)], old, accepts_secret=True)
-    assert joined and new and new != old
+    _, issued = first.announce_as(peer(1), [held(A)], accepts_secret=True)
+    restarted = Registry(TTL, clock=clock)  # a replica that lost its state: the peer's secret must not fail it
+    assert restarted.announce_as(peer(1), [held(A)], issued, accepts_secret=True) == (True, issued)
+    mine = "m" * MIN_SECRET
+    assert Registry(TTL, clock=clock).announce_as(peer(1), [], mine, accepts_secret=True) == (True, mine)
+    joined, fresh = Registry(TTL, clock=clock).announce_as(peer(1), [], "short", accepts_secret=True)
+    assert joined and fresh != "short" and len(fresh) >= MIN_SECRET
     clock.advance(TTL)
-    joined, newer = first.announce_as(peer(1), [held(A)], old, accepts_secret=True)  # lapsed at the first one too
-    assert joined and newer not in (old, new)
+    assert first.announce_as(peer(1), [held(A)], mine, accepts_secret=True) == (True, mine)  # lapsed: new lease
 
 
 def test_peer_cap_refuses_new_peers_only(clock: FakeClock) -> None:

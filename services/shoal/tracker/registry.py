@@ -19,7 +19,8 @@ MAX_SEARCH_LIMIT = 1000
 DEFAULT_HOLDERS_LIMIT = 50
 MAX_HOLDERS_LIMIT = 1000
 MAX_LIST_PEERS = 20_000  # ListPeers reply: 20,000 peers of at most ~520 bytes stay under the 17 MiB message cap
-SECRET_BYTES = 32
+SECRET_BYTES = 32  # random bytes in a secret the registry issues (43 characters of base64url)
+MIN_SECRET = 22  # characters a secret the peer brings needs to be kept (~128 bits in base64url)
 CAP_LOG_EVERY = 10.0  # seconds between log lines about files left out for a cap
 
 
@@ -144,12 +145,14 @@ class Registry:
     clock never goes back, leases expire in the order they were last renewed, so they are kept in an
     OrderedDict in that order: renewing is move_to_end, expiring pops from the front.
 
-    Identity rule (announce_as, leave_as): a lease that starts while its id has no live lease is bound to a fresh
-    random secret when the announce sets accepts_secret, and unbound otherwise. While it stays live, a bound id is
-    renewed or ended only by a request carrying that secret (else NotOwner); an unbound id stays unbound and open
-    to anyone, as before secrets existed, so older peers keep working during a rolling upgrade. Once the lease
-    lapses the id is free again: the next announce starts a new lease (this is also what a restarted replica sees,
-    so a peer's stale secret never fails it). Each replica issues its own secrets; a peer keeps one per replica.
+    Identity rule (announce_as, leave_as): a lease that starts while its id has no live lease is bound to a secret
+    when the announce sets accepts_secret, and unbound otherwise. The secret is the one the request carries if it
+    has at least MIN_SECRET characters (a peer keeps its secret across replica restarts and lost replies), else a
+    fresh random one; the reply returns it. While the lease stays live, a bound id is renewed or ended only by a
+    request carrying that secret (else NotOwner); an unbound id stays unbound and open to anyone, as before secrets
+    existed, so older peers keep working during a rolling upgrade. Once the lease lapses the id is free again: the
+    next announce starts a new lease (this is also all a restarted replica sees, so it never fails a peer). Each
+    replica keeps its own bindings; nothing is shared between replicas.
     Address rule: an address held by a live peer is never taken by another id (AddressTaken).
 
     Name rule: a file's name and size are those most of its current holders report; on a tie, those of the
@@ -192,8 +195,10 @@ class Registry:
             raise NotOwner(peer.peer_id)
         joined = self.announce(peer, holdings)
         lease = self._leases[peer.peer_id]
-        if joined:
-            lease.secret = secrets.token_urlsafe(SECRET_BYTES) if accepts_secret else ""
+        if joined and not accepts_secret:
+            lease.secret = ""
+        elif joined:
+            lease.secret = secret if len(secret) >= MIN_SECRET else secrets.token_urlsafe(SECRET_BYTES)
         return Announced(joined, lease.secret)
 
     def leave_as(self, peer_id: str, secret: str = "") -> bool:
