@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import os
+import stat
 import sys
 import textwrap
+import time
 from collections.abc import AsyncIterator
 
 import grpc
@@ -13,6 +15,8 @@ import pytest
 
 from shoal import net
 from shoal.config import TrackerConfig
+from shoal.localswarm import LocalSwarm
+from shoal.peer.credentials import FILE_NAME
 from shoal.tracker.registry import Limits
 from shoal.tracker.server import MAX_FILES_PER_ANNOUNCE, RunningTracker, start_tracker
 from shoal.v1 import common_pb2, tracker_pb2, tracker_pb2_grpc
@@ -192,6 +196,8 @@ FLOOD_TRACKER = textwrap.dedent(
     """
     import asyncio, gc, sys, tracemalloc
     from shoal.config import TrackerConfig
+from shoal.localswarm import LocalSwarm
+from shoal.peer.credentials import FILE_NAME
     from shoal.tracker.registry import Limits
     from shoal.tracker.server import start_tracker
 
@@ -260,3 +266,30 @@ async def test_tracker_memory_stays_bounded_under_a_flood() -> None:
         except TimeoutError:
             proc.kill()
             await proc.wait()
+
+
+@pytest.mark.swarm_config(announce_interval=10.0)  # a 30 s lease: the peer's listing can only go by a Leave
+def test_a_real_peer_keeps_its_listing_against_an_impersonator(swarm: LocalSwarm) -> None:
+    peer = swarm.start_peer()
+    assert peer.data_dir is not None
+    peer_id = (peer.data_dir / "peer_id").read_text().strip()
+    secrets_file = peer.data_dir / FILE_NAME
+    deadline = time.monotonic() + 15
+    while not secrets_file.exists():
+        assert time.monotonic() < deadline, "the peer never saved its tracker secret"
+        time.sleep(0.05)
+    assert stat.S_IMODE(secrets_file.stat().st_mode) == 0o600
+    with grpc.insecure_channel(swarm.trackers[0].address) as channel:
+        hostile = tracker_pb2_grpc.TrackerStub(channel)
+        with pytest.raises(grpc.RpcError) as info:
+            hostile.Leave(tracker_pb2.LeaveRequest(peer_id=peer_id), timeout=3)
+        assert info.value.code() == grpc.StatusCode.PERMISSION_DENIED  # type: ignore[attr-defined]
+        with pytest.raises(grpc.RpcError) as info:
+            hostile.Announce(announcement(peer_id, "10.6.6.6:1", []), timeout=3)
+        assert info.value.code() == grpc.StatusCode.PERMISSION_DENIED  # type: ignore[attr-defined]
+        listed = hostile.ListPeers(tracker_pb2.ListPeersRequest(), timeout=3)
+        assert [(p.peer_id, p.address) for p in listed.peers] == [(peer_id, peer.address)]
+    assert swarm.stop_proc(peer) == 0  # and its own Leave, with the secret, still works
+    with grpc.insecure_channel(swarm.trackers[0].address) as channel:
+        listed = tracker_pb2_grpc.TrackerStub(channel).ListPeers(tracker_pb2.ListPeersRequest(), timeout=3)
+    assert list(listed.peers) == []

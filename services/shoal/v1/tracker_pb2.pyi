@@ -171,7 +171,7 @@ class SearchFilesRequest(_message.Message):
     TERM_FIELD_NUMBER: _builtins.int
     LIMIT_FIELD_NUMBER: _builtins.int
     term: _builtins.str
-    """Case-insensitive substring of the file name; empty matches every file."""
+    """Case-insensitive substring of the file name (at most 255 bytes); empty matches every file."""
     limit: _builtins.int
     """Maximum number of results (0 means the tracker's default)."""
     def __init__(
@@ -258,7 +258,7 @@ class GetPeersRequest(_message.Message):
     limit: _builtins.int
     """Maximum number of peers (0 means the tracker's default)."""
     exclude_peer_id: _builtins.str
-    """Peer asking, left out of the answer; empty for none."""
+    """Peer asking, left out of the answer (at most 128 bytes); empty for none."""
     def __init__(
         self,
         *,
@@ -316,7 +316,7 @@ class GetPeersResponse(_message.Message):
 
     @_builtins.property
     def file(self) -> _common_pb2.FileInfo:
-        """The file as announced (empty when nobody holds it)."""
+        """The file as most of its current holders report it (empty when nobody holds it)."""
 
     def __init__(
         self,
