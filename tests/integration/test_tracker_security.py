@@ -196,8 +196,6 @@ FLOOD_TRACKER = textwrap.dedent(
     """
     import asyncio, gc, sys, tracemalloc
     from shoal.config import TrackerConfig
-from shoal.localswarm import LocalSwarm
-from shoal.peer.credentials import FILE_NAME
     from shoal.tracker.registry import Limits
     from shoal.tracker.server import start_tracker
 
