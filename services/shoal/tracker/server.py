@@ -345,9 +345,11 @@ async def start_tracker(
     return RunningTracker(port, registry, server, health, sweeper, metrics)
 
 
-async def run_tracker(cfg: TrackerConfig, ready: Callable[[int], None] | None = None) -> None:
+async def run_tracker(
+    cfg: TrackerConfig, ready: Callable[[int], None] | None = None, limits: Limits | None = None
+) -> None:
     """Serve until SIGTERM or SIGINT, then drain and stop."""
-    running = await start_tracker(cfg)
+    running = await start_tracker(cfg, limits=limits)
     loop = asyncio.get_running_loop()
     stopping = asyncio.Event()
     signals = (signal.SIGTERM, signal.SIGINT)
