@@ -9,7 +9,7 @@ def audit(reg: Registry) -> None:
     """Raise AssertionError unless the registry's indexes agree, its caps hold and nothing lapsed is listed."""
     limits = reg.limits
     leases = reg._leases
-    files = reg._files
+    files = reg._files.entries
     assert len(leases) <= limits.max_peers, "more leases than max_peers"
     assert len(files) <= limits.max_files, "more files than max_files"
     assert reg._holdings <= limits.max_holdings, "more holdings than max_holdings"

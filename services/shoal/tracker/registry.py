@@ -9,8 +9,10 @@ import secrets
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import NamedTuple
+
+from shoal.tracker.files import FileIndex, FileMeta, Holding
 
 logger = logging.getLogger(__name__)
 
@@ -56,25 +58,6 @@ class Peer:
     peer_id: str
     address: str
     zone: str = ""
-
-
-@dataclass(frozen=True, slots=True)
-class Holding:
-    """One file a peer announces, completely or in part."""
-
-    file_id: str
-    name: str
-    size: int
-    complete: bool
-
-
-@dataclass(frozen=True, slots=True)
-class FileMeta:
-    """A file's name and size as its current holders report them: the id covers the content, not the name."""
-
-    file_id: str
-    name: str
-    size: int
 
 
 class SearchHit(NamedTuple):
@@ -124,14 +107,6 @@ class _Lease:
     secret: str = ""  # "" : not bound (registered by a peer that does not keep secrets)
 
 
-@dataclass(slots=True)
-class _File:
-    meta: FileMeta
-    folded_name: str
-    holders: dict[str, Holding] = field(default_factory=dict)  # peer_id -> its holding, oldest holder first
-    votes: dict[tuple[str, int], int] = field(default_factory=dict)  # (name, size) -> holders reporting it
-
-
 def clamp_limit(limit: int, default: int, maximum: int) -> int:
     """Map 0 (or less) to the default and cap at the maximum."""
     return default if limit <= 0 else min(limit, maximum)
@@ -155,8 +130,8 @@ class Registry:
     replica keeps its own bindings; nothing is shared between replicas.
     Address rule: an address held by a live peer is never taken by another id (AddressTaken).
 
-    Name rule: a file's name and size are those most of its current holders report; on a tie, those of the
-    holder that has held it longest. They are recomputed whenever a holder joins, changes or goes.
+    Name rule (FileIndex): a file's name and size are those most of its current holders report; on a tie, those
+    of the holder that has held it longest (a lapsed holder counts until expire() sweeps it, every 0.5 s).
 
     Caps (Limits): a new peer beyond max_peers is refused (RegistryFull); files beyond max_files or holdings
     beyond max_holdings are left out of the announce that brings them, which is otherwise applied.
@@ -170,9 +145,8 @@ class Registry:
         self.limits = limits if limits is not None else Limits()
         self._leases: OrderedDict[str, _Lease] = OrderedDict()  # oldest lease first
         self._by_address: dict[str, str] = {}
-        self._files: dict[str, _File] = {}
+        self._files = FileIndex()
         self._holdings = 0
-        self._order: list[str] | None = None  # file ids sorted by (name, id); None when stale
         self._announces = 0
         self._expiries = 0
         self._refused_peers = 0
@@ -272,8 +246,8 @@ class Registry:
         folded = term.casefold()
         now = self._clock()
         hits: list[SearchHit] = []
-        for file_id in self._sorted_ids():
-            entry = self._files[file_id]
+        for file_id in self._files.sorted_ids():
+            entry = self._files.entries[file_id]
             if folded not in entry.folded_name:
                 continue
             complete = partial = 0
@@ -335,7 +309,7 @@ class Registry:
         if lapsed:
             files = sum(
                 1
-                for entry in self._files.values()
+                for entry in self._files.entries.values()
                 if any(self._leases[peer_id].expires_at > now for peer_id in entry.holders)
             )
         else:
@@ -377,7 +351,7 @@ class Registry:
                     continue
                 self._holdings += 1
             if old.get(file_id) != holding:
-                self._index(holding, peer_id)
+                self._files.add(holding, peer_id)
             kept[file_id] = holding
         lease.holdings = kept
         if refused:
@@ -395,6 +369,10 @@ class Registry:
                 self._refused_holdings,
             )
 
+    def _unindex(self, file_id: str, peer_id: str) -> None:
+        self._files.remove(file_id, peer_id)
+        self._holdings -= 1
+
     def _drop(self, peer_id: str) -> None:
         lease = self._leases.pop(peer_id)
         self._forget_address(lease.peer)
@@ -404,57 +382,6 @@ class Registry:
     def _forget_address(self, peer: Peer) -> None:
         if self._by_address.get(peer.address) == peer.peer_id:
             del self._by_address[peer.address]
-
-    def _index(self, holding: Holding, peer_id: str) -> None:
-        entry = self._files.get(holding.file_id)
-        if entry is None:
-            meta = FileMeta(holding.file_id, holding.name, holding.size)
-            entry = self._files[holding.file_id] = _File(meta, holding.name.casefold())
-            self._order = None
-        before = entry.holders.get(peer_id)
-        if before is not None:
-            _unvote(entry, before)
-        entry.holders[peer_id] = holding  # a holder changing its report keeps its place (its seniority)
-        key = (holding.name, holding.size)
-        entry.votes[key] = entry.votes.get(key, 0) + 1
-        self._elect(entry)
-
-    def _unindex(self, file_id: str, peer_id: str) -> None:
-        entry = self._files[file_id]
-        _unvote(entry, entry.holders.pop(peer_id))
-        self._holdings -= 1
-        if not entry.holders:
-            del self._files[file_id]
-            self._order = None
-        else:
-            self._elect(entry)
-
-    def _elect(self, entry: _File) -> None:
-        """Set the file's name and size to those most holders report; on a tie, the longest holder's."""
-        best = max(entry.votes.values())
-        tied = {key for key, count in entry.votes.items() if count == best}
-        if len(tied) == 1:
-            name, size = next(iter(tied))
-        else:
-            name, size = next((h.name, h.size) for h in entry.holders.values() if (h.name, h.size) in tied)
-        if (name, size) != (entry.meta.name, entry.meta.size):
-            entry.meta = FileMeta(entry.meta.file_id, name, size)
-            entry.folded_name = name.casefold()
-            self._order = None
-
-    def _sorted_ids(self) -> list[str]:
-        if self._order is None:
-            self._order = sorted(self._files, key=lambda fid: (self._files[fid].meta.name, fid))
-        return self._order
-
-
-def _unvote(entry: _File, holding: Holding) -> None:
-    key = (holding.name, holding.size)
-    left = entry.votes[key] - 1
-    if left:
-        entry.votes[key] = left
-    else:
-        del entry.votes[key]
 
 
 def _same(given: str, expected: str) -> bool:
