@@ -2,6 +2,8 @@ VENV ?= .venv
 PY = $(VENV)/bin/python
 PYTEST_ARGS ?=
 BENCH_ARGS ?=
+# Examples per fuzz harness in `make fuzz` (`make test` runs each with 150).
+FUZZ_EXAMPLES ?= 20000
 # Image `make image` builds, and the base it builds on (empty: Debian bookworm minbase from debootstrap).
 IMAGE ?= shoal:dev
 BASE_IMAGE ?=
@@ -101,6 +103,11 @@ test-unit: venv
 .PHONY: test-integration
 test-integration: venv system-deps
 	$(PY) -m pytest -q tests/integration $(PYTEST_ARGS)
+
+# Fuzz tracker requests, the wire decoder, manifest checks and the registry at length (FUZZ_EXAMPLES=20000 each).
+.PHONY: fuzz
+fuzz: venv
+	HYPOTHESIS_PROFILE=fuzz SHOAL_FUZZ_EXAMPLES=$(FUZZ_EXAMPLES) $(PY) -m pytest -q -o timeout=0 tests/fuzz $(PYTEST_ARGS)
 
 # Run the fault-injection suite (needs root).
 .PHONY: test-faults

@@ -123,8 +123,24 @@ async def test_peer_expires_after_ttl() -> None:
         announce_request("p1", "host:99999", [(A, "x", True)]),
         announce_request("", "10.0.0.1:7401", []),
         announce_request("p" * 129, "10.0.0.1:7401", []),
+        announce_request("é" * 65, "10.0.0.1:7401", []),
+        announce_request("p1\n", "10.0.0.1:7401", []),
+        announce_request("p1", "h" * 256 + ":1", []),
+        announce_request("p1", "10.0.0.1:7401", [(A, "é" * 128, True)]),
     ],
-    ids=["short-id", "upper-id", "long-name", "no-port", "bad-port", "no-peer-id", "long-peer-id"],
+    ids=[
+        "short-id",
+        "upper-id",
+        "long-name",
+        "no-port",
+        "bad-port",
+        "no-peer-id",
+        "long-peer-id",
+        "peer-id-over-128-bytes",
+        "control-char-id",
+        "long-address",
+        "name-over-255-bytes",
+    ],
 )
 async def test_announce_rejects_bad_input(
     stub: tracker_pb2_grpc.TrackerStub, request_: tracker_pb2.AnnounceRequest

@@ -9,11 +9,15 @@ from shoal.tracker.registry import (
     DEFAULT_SEARCH_LIMIT,
     MAX_HOLDERS_LIMIT,
     MAX_SEARCH_LIMIT,
+    MIN_SECRET,
+    AddressTaken,
     FileMeta,
     Holding,
+    Limits,
+    NotOwner,
     Peer,
     Registry,
-    Stats,
+    RegistryFull,
 )
 
 TTL = 9.0
@@ -34,6 +38,11 @@ def reg(clock: FakeClock) -> Registry:
 
 def peer(n: int, zone: str = "") -> Peer:
     return Peer(f"peer-{n}", f"10.0.0.{n}:7401", zone)
+
+
+def counts(reg: Registry) -> tuple[int, int, int, int]:
+    stats = reg.stats()
+    return stats.peers, stats.files, stats.announces_total, stats.expiries_total
 
 
 def held(file_id: str, name: str = "file.bin", size: int = 10, complete: bool = True) -> Holding:
@@ -85,7 +94,7 @@ def test_expire_drops_only_lapsed_in_order(reg: Registry, clock: FakeClock) -> N
     assert reg.expire() == []
     clock.advance(1)
     assert sorted(reg.expire()) == ["peer-1", "peer-3"]
-    assert reg.stats() == Stats(peers=0, files=0, announces_total=4, expiries_total=3)
+    assert counts(reg) == (0, 0, 4, 3)
 
 
 def test_lapsed_peer_announcing_again_counts_as_new(reg: Registry, clock: FakeClock) -> None:
@@ -127,19 +136,54 @@ def test_announce_replaces_holdings(reg: Registry) -> None:
     assert reg.stats().files == 0
 
 
-def test_file_meta_keeps_first_name_while_held(reg: Registry) -> None:
+def test_file_meta_on_a_tie_is_the_oldest_holders(reg: Registry) -> None:
     reg.announce(peer(1), [held(A, "first.bin", 5)])
     reg.announce(peer(2), [held(A, "renamed.bin", 5)])
     assert reg.file_meta(A) == FileMeta(A, "first.bin", 5)
     reg.leave("peer-1")
-    assert reg.file_meta(A) == FileMeta(A, "first.bin", 5)
+    assert reg.file_meta(A) == FileMeta(A, "renamed.bin", 5)  # from current holders, never the first announcer
     reg.leave("peer-2")
     reg.announce(peer(3), [held(A, "third.bin", 5)])
     assert reg.file_meta(A) == FileMeta(A, "third.bin", 5)
 
 
-def test_same_address_new_id_replaces_old_record(reg: Registry) -> None:
+def test_file_meta_is_what_most_holders_report(reg: Registry) -> None:
+    reg.announce(peer(9), [held(A, "evil.exe", 1)])  # the first announcer lies
+    for n in (1, 2):
+        reg.announce(peer(n), [held(A, "ubuntu.iso", 42)])
+    assert reg.file_meta(A) == FileMeta(A, "ubuntu.iso", 42)
+    assert [h.file.name for h in reg.search("")] == ["ubuntu.iso"]
+    assert reg.search("evil") == []
+    reg.announce(peer(1), [held(A, "ubuntu-renamed.iso", 42)])  # a tie again: the oldest holder (peer 9) wins
+    assert reg.file_meta(A) == FileMeta(A, "evil.exe", 1)
+    reg.leave("peer-9")
+    assert reg.file_meta(A) == FileMeta(A, "ubuntu-renamed.iso", 42)
+
+
+def test_file_meta_recomputed_when_holders_lapse(reg: Registry, clock: FakeClock) -> None:
+    reg.announce(peer(1), [held(A, "lie", 1)])
+    reg.announce(peer(2), [held(A, "lie", 1)])
+    clock.advance(1)
+    reg.announce(peer(3), [held(A, "truth", 2)])
+    clock.advance(TTL - 0.5)
+    reg.announce(peer(3), [held(A, "truth", 2)])
+    reg.expire()
+    assert reg.file_meta(A) == FileMeta(A, "truth", 2)
+
+
+def test_live_address_cannot_be_taken_by_another_id(reg: Registry, clock: FakeClock) -> None:
     reg.announce(Peer("old", "10.0.0.9:7401"), [held(A)])
+    with pytest.raises(AddressTaken):
+        reg.announce(Peer("new", "10.0.0.9:7401"), [held(B)])
+    assert reg.live_peers() == [Peer("old", "10.0.0.9:7401")]
+    assert [h.peer.peer_id for h in reg.holders(A)] == ["old"]
+    assert reg.holders(B) == []
+    assert reg.stats().denied_total == 1
+
+
+def test_lapsed_address_goes_to_the_new_id(reg: Registry, clock: FakeClock) -> None:
+    reg.announce(Peer("old", "10.0.0.9:7401"), [held(A)])
+    clock.advance(TTL)
     assert reg.announce(Peer("new", "10.0.0.9:7401"), [held(B)]) is True
     assert reg.live_peers() == [Peer("new", "10.0.0.9:7401")]
     assert reg.holders(A) == []
@@ -216,9 +260,85 @@ def test_stats_counts(reg: Registry, clock: FakeClock) -> None:
     reg.announce(peer(1), [held(A), held(B)])
     reg.announce(peer(2), [held(B)])
     reg.announce(peer(2), [held(B)])
-    assert reg.stats() == Stats(peers=2, files=2, announces_total=3, expiries_total=0)
+    assert counts(reg) == (2, 2, 3, 0)
     clock.advance(TTL)
     reg.announce(peer(2), [held(B)])
-    assert reg.stats() == Stats(peers=1, files=1, announces_total=4, expiries_total=0)
+    assert counts(reg) == (1, 1, 4, 0)
     assert reg.expire() == ["peer-1"]
-    assert reg.stats() == Stats(peers=1, files=1, announces_total=4, expiries_total=1)
+    assert counts(reg) == (1, 1, 4, 1)
+
+
+def test_bound_id_needs_its_secret_to_announce_or_leave(reg: Registry) -> None:
+    joined, secret = reg.announce_as(peer(1), [held(A)], accepts_secret=True)
+    assert joined and len(secret) >= 32
+    for wrong in ("", "guess", secret[:-1], "é" * 10):
+        with pytest.raises(NotOwner):
+            reg.announce_as(Peer("peer-1", "10.6.6.6:1"), [held(B)], wrong, accepts_secret=True)
+        with pytest.raises(NotOwner):
+            reg.leave_as("peer-1", wrong)
+    assert reg.live_peers() == [peer(1)]
+    assert [h.peer for h in reg.holders(A)] == [peer(1)]
+    assert reg.stats().denied_total == 8
+    assert reg.announce_as(peer(1), [held(A)], secret, accepts_secret=True) == (False, secret)
+    assert reg.leave_as("peer-1", secret) is True
+    assert reg.live_peers() == []
+
+
+def test_unbound_id_stays_open_until_its_lease_lapses(reg: Registry, clock: FakeClock) -> None:
+    assert reg.announce_as(peer(1), [held(A)]) == (True, "")  # an older peer: no secret
+    assert reg.announce_as(peer(1), [held(A)], accepts_secret=True) == (False, "")  # cannot bind a live id
+    assert reg.announce_as(peer(1), [held(B)], "whatever") == (False, "")
+    assert reg.leave_as("peer-1") is True
+    reg.announce_as(peer(1), [held(A)])
+    clock.advance(TTL)
+    joined, secret = reg.announce_as(peer(1), [held(A)], accepts_secret=True)  # lapsed: a new lease, now bound
+    assert joined and secret
+    with pytest.raises(NotOwner):
+        reg.leave_as("peer-1")
+
+
+def test_a_new_lease_keeps_the_secret_the_peer_brings(clock: FakeClock) -> None:
+    first = Registry(TTL, clock=clock)
+    _, issued = first.announce_as(peer(1), [held(A)], accepts_secret=True)
+    restarted = Registry(TTL, clock=clock)  # a replica that lost its state: the peer's secret must not fail it
+    assert restarted.announce_as(peer(1), [held(A)], issued, accepts_secret=True) == (True, issued)
+    mine = "m" * MIN_SECRET
+    assert Registry(TTL, clock=clock).announce_as(peer(1), [], mine, accepts_secret=True) == (True, mine)
+    joined, fresh = Registry(TTL, clock=clock).announce_as(peer(1), [], "short", accepts_secret=True)
+    assert joined and fresh != "short" and len(fresh) >= MIN_SECRET
+    clock.advance(TTL)
+    assert first.announce_as(peer(1), [held(A)], mine, accepts_secret=True) == (True, mine)  # lapsed: new lease
+
+
+def test_peer_cap_refuses_new_peers_only(clock: FakeClock) -> None:
+    reg = Registry(TTL, clock=clock, limits=Limits(max_peers=2))
+    reg.announce(peer(1), [held(A)])
+    reg.announce(peer(2), [held(A)])
+    with pytest.raises(RegistryFull):
+        reg.announce(peer(3), [held(A)])
+    assert reg.announce(peer(1), [held(B)]) is False  # known peers keep renewing
+    assert {p.peer_id for p in reg.live_peers()} == {"peer-1", "peer-2"}
+    assert reg.stats().refused_peers_total == 1
+    clock.advance(TTL)  # lapsed leases make room
+    assert reg.announce(peer(3), [held(A)]) is True
+
+
+def test_file_and_holding_caps_leave_out_new_files_only(clock: FakeClock, caplog: pytest.LogCaptureFixture) -> None:
+    reg = Registry(TTL, clock=clock, limits=Limits(max_files=2, max_holdings=3))
+    reg.announce(peer(1), [held(A), held(B), held(C)])
+    assert [h.file.file_id for h in reg.search("")] == [A, B]
+    stats = reg.stats()
+    assert (stats.files, stats.holdings, stats.refused_holdings_total) == (2, 2, 1)
+    assert (stats.max_files, stats.max_holdings) == (2, 3)
+    reg.announce(peer(2), [held(A), held(B)])  # only one holding left
+    assert len(reg.holders(A)) == 2 and len(reg.holders(B)) == 1
+    assert reg.stats().holdings == 3
+    reg.announce(peer(1), [held(C)])  # dropping A and B frees room for C
+    assert [h.file.file_id for h in reg.search("")] == [A, C]
+    assert "left out" in caplog.text
+
+
+def test_live_peers_is_capped(reg: Registry) -> None:
+    for n in range(5):
+        reg.announce(peer(n), [])
+    assert [p.peer_id for p in reg.live_peers(limit=2)] == ["peer-0", "peer-1"]

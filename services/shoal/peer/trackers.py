@@ -14,6 +14,7 @@ from typing import TypeVar
 import grpc
 
 from shoal import net
+from shoal.peer.credentials import TrackerSecrets
 from shoal.peer.node import Node
 from shoal.v1 import tracker_pb2, tracker_pb2_grpc
 
@@ -65,6 +66,7 @@ class TrackerClient:
         self._refresh = refresh_seconds
         self._replicas: dict[str, _Replica] = {}
         self.interval = 3.0
+        self.secrets = TrackerSecrets(node.store.root)
 
     @property
     def addresses(self) -> list[str]:
@@ -106,6 +108,7 @@ class TrackerClient:
         return tracker_pb2.AnnounceRequest(peer=self._node.info, files=files)
 
     async def _announce_one(self, replica: _Replica, request: tracker_pb2.AnnounceRequest) -> None:
+        request = await self.secrets.announcement(request, replica.address)
         try:
             # wait_for_ready: a replica that just came back is reached as soon as the channel reconnects,
             # instead of failing at once and waiting a whole interval (the deadline still bounds it).
@@ -123,6 +126,7 @@ class TrackerClient:
             backoff = min(self.interval, 0.2 * 2 ** min(replica.failures, 6)) * random.uniform(0.5, 1.0)
             replica.next_announce = time.monotonic() + backoff
             return
+        await self.secrets.remember(replica.address, reply.peer_secret)
         if not replica.up:
             logger.info("tracker %s reachable; lease held", replica.address)
         replica.up = True
@@ -174,11 +178,10 @@ class TrackerClient:
 
     async def leave(self) -> None:
         """Tell every replica we are leaving (best effort, short deadline)."""
-        request = tracker_pb2.LeaveRequest(peer_id=self._node.peer_id)
 
         async def one(replica: _Replica) -> None:
             try:
-                await replica.stub.Leave(request, timeout=1.0)
+                await replica.stub.Leave(self.secrets.leave_request(self._node.peer_id, replica.address), timeout=1.0)
             except grpc.aio.AioRpcError as err:
                 logger.info("leave to %s failed: %s", replica.address, err.code().name)
 

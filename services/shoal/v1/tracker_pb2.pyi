@@ -55,23 +55,33 @@ class AnnounceRequest(_message.Message):
 
     PEER_FIELD_NUMBER: _builtins.int
     FILES_FIELD_NUMBER: _builtins.int
+    PEER_SECRET_FIELD_NUMBER: _builtins.int
+    ACCEPTS_SECRET_FIELD_NUMBER: _builtins.int
+    peer_secret: _builtins.str
+    """Secret this tracker replica issued for peer.peer_id (AnnounceResponse.peer_secret); empty before the first one."""
+    accepts_secret: _builtins.bool
+    """True when the peer keeps and sends peer secrets: a new lease is then bound to a secret at once.
+    Peers that leave it false (older builds) get a lease anyone may renew or end, as before.
+    """
     @_builtins.property
     def peer(self) -> _common_pb2.PeerInfo:
         """The announcing peer."""
 
     @_builtins.property
     def files(self) -> _containers.RepeatedCompositeFieldContainer[Global___HeldFile]:
-        """Every file the peer holds or is downloading."""
+        """Every file the peer holds or is downloading (at most 10,000)."""
 
     def __init__(
         self,
         *,
         peer: _common_pb2.PeerInfo | None = ...,
         files: _abc.Iterable[Global___HeldFile] | None = ...,
+        peer_secret: _builtins.str = ...,
+        accepts_secret: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["peer", b"peer"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["files", b"files", "peer", b"peer"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["accepts_secret", b"accepts_secret", "files", b"files", "peer", b"peer", "peer_secret", b"peer_secret"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -85,19 +95,25 @@ class AnnounceResponse(_message.Message):
 
     INTERVAL_SECONDS_FIELD_NUMBER: _builtins.int
     TTL_SECONDS_FIELD_NUMBER: _builtins.int
+    PEER_SECRET_FIELD_NUMBER: _builtins.int
     interval_seconds: _builtins.float
     """Seconds until the peer should announce again."""
     ttl_seconds: _builtins.float
     """Seconds after which the tracker forgets a peer that has not announced."""
+    peer_secret: _builtins.str
+    """Secret the peer id is bound to at this replica: later Announce and Leave for the id must carry it.
+    Empty when the lease is not bound (the request did not set accepts_secret).
+    """
     def __init__(
         self,
         *,
         interval_seconds: _builtins.float = ...,
         ttl_seconds: _builtins.float = ...,
+        peer_secret: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["interval_seconds", b"interval_seconds", "ttl_seconds", b"ttl_seconds"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["interval_seconds", b"interval_seconds", "peer_secret", b"peer_secret", "ttl_seconds", b"ttl_seconds"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -110,16 +126,20 @@ class LeaveRequest(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     PEER_ID_FIELD_NUMBER: _builtins.int
+    PEER_SECRET_FIELD_NUMBER: _builtins.int
     peer_id: _builtins.str
     """Id of the leaving peer."""
+    peer_secret: _builtins.str
+    """Secret the replica issued for peer_id (AnnounceResponse.peer_secret); required when the lease is bound."""
     def __init__(
         self,
         *,
         peer_id: _builtins.str = ...,
+        peer_secret: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["peer_id", b"peer_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["peer_id", b"peer_id", "peer_secret", b"peer_secret"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -151,7 +171,7 @@ class SearchFilesRequest(_message.Message):
     TERM_FIELD_NUMBER: _builtins.int
     LIMIT_FIELD_NUMBER: _builtins.int
     term: _builtins.str
-    """Case-insensitive substring of the file name; empty matches every file."""
+    """Case-insensitive substring of the file name (at most 255 bytes); empty matches every file."""
     limit: _builtins.int
     """Maximum number of results (0 means the tracker's default)."""
     def __init__(
@@ -238,7 +258,7 @@ class GetPeersRequest(_message.Message):
     limit: _builtins.int
     """Maximum number of peers (0 means the tracker's default)."""
     exclude_peer_id: _builtins.str
-    """Peer asking, left out of the answer; empty for none."""
+    """Peer asking, left out of the answer (at most 128 bytes); empty for none."""
     def __init__(
         self,
         *,
@@ -296,7 +316,7 @@ class GetPeersResponse(_message.Message):
 
     @_builtins.property
     def file(self) -> _common_pb2.FileInfo:
-        """The file as announced (empty when nobody holds it)."""
+        """The file as most of its current holders report it (empty when nobody holds it)."""
 
     def __init__(
         self,
@@ -338,7 +358,7 @@ class ListPeersResponse(_message.Message):
     PEERS_FIELD_NUMBER: _builtins.int
     @_builtins.property
     def peers(self) -> _containers.RepeatedCompositeFieldContainer[_common_pb2.PeerInfo]:
-        """Live peers."""
+        """Live peers, sorted by id (at most 20,000)."""
 
     def __init__(
         self,

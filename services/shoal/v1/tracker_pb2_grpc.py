@@ -68,13 +68,16 @@ class TrackerServicer:
 
     def Announce(self, request, context):
         """Announce registers or refreshes a peer and replaces what it holds (a lease).
+        PERMISSION_DENIED when the id is bound to a secret the request does not carry; ALREADY_EXISTS when another
+        live bound peer holds the address; RESOURCE_EXHAUSTED when the tracker holds its maximum of peers;
+        INVALID_ARGUMENT for a field over its cap (address 256 bytes, name 255, peer id and zone 128, files 10,000).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def Leave(self, request, context):
-        """Leave removes a peer at once (graceful shutdown).
+        """Leave removes a peer at once (graceful shutdown); PERMISSION_DENIED without the id's secret.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
