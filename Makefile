@@ -173,9 +173,29 @@ chart-lint: k8s-tools chart-dashboard
 		$(HELM) template shoal $(CHART) -f $(CHART)/$$values --kube-version 1.33.0 >/dev/null; \
 	done
 
-# Test the chart: every object valid for Kubernetes 1.33 (strict), and what each scenario renders.
+# Write charts/shoal/README.md from README.md.tmpl and the `# --` comments of values.yaml.
+.PHONY: chart-docs
+chart-docs: venv
+	$(PY) -m tools.chart_docs
+
+# Check that charts/shoal/README.md is up to date with values.yaml.
+.PHONY: chart-docs-check
+chart-docs-check: venv
+	$(PY) -m tools.chart_docs --check
+
+# Check the alerts: promtool check rules and promtool test rules on the PrometheusRule the chart renders.
+.PHONY: chart-rules
+chart-rules: venv system-deps k8s-tools
+	$(PY) -m pytest -q tests/chart/test_rules.py $(PYTEST_ARGS)
+
+# Write examples/sidecar/deployment.yaml from snippet.yaml and the chart's shoal.sidecar templates.
+.PHONY: examples
+examples: venv k8s-tools
+	$(PY) -m tools.rehearsal.examples
+
+# Test the chart: every object valid for Kubernetes 1.29 and 1.33 (strict), the alerts, the README, the examples.
 .PHONY: chart-test
-chart-test: venv k8s-tools chart-dashboard
+chart-test: venv k8s-tools chart-dashboard chart-docs-check
 	$(PY) -m pytest -q -m chart tests/chart $(PYTEST_ARGS)
 
 # Rehearse the chart on Docker: its pods as containers of the image, put/get, metrics, a tracker lost.
