@@ -447,6 +447,23 @@ def test_helm_test_pod_transfers_between_two_daemons(default: list[Obj]) -> None
     assert env(ctr)["SHOAL_TRACKER"]["value"] == TRACKER_FQDN
 
 
+def test_helm_test_fetches_the_release_peers_canary(default: list[Obj]) -> None:
+    """The test pod finds, through the trackers, the file every release peer published at start, and fetches it."""
+    pod = one(default, "Pod", "shoal-test-transfer")
+    variables = env(container(pod))
+    assert variables["CANARY"]["value"] == "shoal-canary-shoal"
+    assert variables["MIN_HOLDERS"]["value"] == "3"  # every StatefulSet peer
+    script = container(pod)["args"][0]
+    for step in ('search --json "$CANARY"', 'peers --json "$canary"', 'get "$canary"', 'yes "$CANARY"'):
+        assert step in script, step
+    hook = container(one(default, "StatefulSet"))["lifecycle"]["postStart"]["exec"]["command"]
+    assert 'yes "shoal-canary-shoal" | head -c 1048576' in hook[-1]
+    assert "shoal put --name shoal-canary-shoal /data/.shoal-canary" in hook[-1]
+    assert hook[-1].rstrip().endswith("|| true")  # a failed publish never kills the peer
+    no_tests = render(sets=["tests.enabled=false"])
+    assert "postStart" not in container(one(no_tests, "StatefulSet"))["lifecycle"]
+
+
 def test_fullname_override_renames_everything() -> None:
     objs = render(SCENARIOS["eks-like"])
     assert one(objs, "StatefulSet")["metadata"]["name"] == "dist-peer"

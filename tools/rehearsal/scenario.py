@@ -115,6 +115,8 @@ class Rehearsal:
         args = docker_run_args(p, self.network, self._dns_search(), {engine.LABEL: self.run_id})
         self._started_at[p.pod] = time.monotonic()
         engine.docker("run", *args)
+        if p.post_start:  # the kubelet runs it beside the entrypoint, right after the container starts
+            engine.docker("exec", "-d", p.pod, *p.post_start)
 
     def wait_serving(self, timeout: float = 120) -> dict[str, float]:
         """Poll every pod's readiness probe, as declared, until SERVING; seconds from `docker run` for each."""

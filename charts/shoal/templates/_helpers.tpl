@@ -218,6 +218,41 @@ grpc:
 {{- toYaml .probe | nindent 0 }}
 {{- end }}
 
+{{/*
+A peer's lifecycle: with tests.enabled, a postStart hook publishes the release's canary (a small file whose bytes
+follow from the release name, under the name shoal-canary-<release>) that `helm test` fetches from the release's
+peers; then the preStop sleep. The hook never fails the container. Call with (dict "root" $ "path" "/data/...").
+*/}}
+{{- define "shoal.peer.lifecycle" -}}
+{{- $root := .root }}
+{{- $canary := $root.Values.tests.enabled }}
+{{- $sleep := int $root.Values.peer.preStopSleepSeconds }}
+{{- if or $canary (gt $sleep 0) }}
+lifecycle:
+  {{- if $canary }}
+  postStart:
+    exec:
+      command:
+        - /bin/sh
+        - -c
+        - |
+          for i in $(seq 1 60); do shoal status >/dev/null 2>&1 && break; sleep 1; done
+          yes {{ include "shoal.canary.name" $root | quote }} | head -c 1048576 > {{ .path }}.tmp && mv {{ .path }}.tmp {{ .path }}
+          shoal put --name {{ include "shoal.canary.name" $root }} {{ .path }} >/dev/null 2>&1 || true
+  {{- end }}
+  {{- if gt $sleep 0 }}
+  preStop:
+    exec:
+      command: ["sleep", "{{ $sleep }}"]
+  {{- end }}
+{{- end }}
+{{- end }}
+
+{{/* The name the release's peers publish their canary under (`helm test` searches for it). */}}
+{{- define "shoal.canary.name" -}}
+{{- printf "shoal-canary-%s" .Release.Name }}
+{{- end }}
+
 {{/* preStop hook: sleep so endpoints and DNS drop the pod before the daemon gets SIGTERM. */}}
 {{- define "shoal.preStop" -}}
 {{- if gt (int .) 0 }}
