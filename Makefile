@@ -5,6 +5,8 @@ BENCH_ARGS ?=
 # Image `make image` builds, and the base it builds on (empty: Debian bookworm minbase from debootstrap).
 IMAGE ?= shoal:dev
 BASE_IMAGE ?=
+# Registry `make release` pushes to (empty: a docker-registry on loopback for the run).
+REGISTRY ?=
 
 PROTOS = $(sort $(wildcard protos/shoal/v1/*.proto))
 GEN_DIR = services/shoal/v1
@@ -203,10 +205,15 @@ chart-test: venv k8s-tools chart-dashboard chart-docs-check
 rehearsal: venv k8s-tools
 	$(PY) -m pytest -q -m rehearsal tests/chart $(PYTEST_ARGS)
 
-# Install the chart on a throwaway kind cluster and round-trip a file (needs Docker, kind and a registry).
+# Install the chart on a throwaway kind cluster: round-trip a file, helm test, the sidecar example and node-local peers (needs Docker, kind and a registry).
 .PHONY: e2e-kind
 e2e-kind: image k8s-tools
 	IMAGE=$(IMAGE) bash tools/e2e-kind.sh
+
+# Package the chart and push it with the image beside it to an OCI registry (REGISTRY=host:port; default: Debian's docker-registry on loopback).
+.PHONY: release
+release: image k8s-tools chart-dashboard chart-docs-check
+	IMAGE=$(IMAGE) REGISTRY=$(REGISTRY) bash tools/release.sh
 
 # Remove caches and build outputs (keeps the virtualenv; rm -rf .venv by hand for a new one).
 .PHONY: clean
