@@ -197,7 +197,7 @@ examples: venv k8s-tools
 
 # Test the chart: every object valid for Kubernetes 1.29 and 1.33 (strict), the alerts, the README, the examples.
 .PHONY: chart-test
-chart-test: venv k8s-tools chart-dashboard chart-docs-check
+chart-test: venv system-deps k8s-tools chart-dashboard chart-docs-check
 	$(PY) -m pytest -q -m chart tests/chart $(PYTEST_ARGS)
 
 # Rehearse the chart on Docker: its pods as containers of the image, put/get, metrics, a tracker lost.
