@@ -7,6 +7,8 @@ FUZZ_EXAMPLES ?= 20000
 # Image `make image` builds, and the base it builds on (empty: Debian bookworm minbase from debootstrap).
 IMAGE ?= shoal:dev
 BASE_IMAGE ?=
+# Registry `make release` pushes to (empty: a docker-registry on loopback for the run).
+REGISTRY ?=
 
 PROTOS = $(sort $(wildcard protos/shoal/v1/*.proto))
 GEN_DIR = services/shoal/v1
@@ -180,9 +182,29 @@ chart-lint: k8s-tools chart-dashboard
 		$(HELM) template shoal $(CHART) -f $(CHART)/$$values --kube-version 1.33.0 >/dev/null; \
 	done
 
-# Test the chart: every object valid for Kubernetes 1.33 (strict), and what each scenario renders.
+# Write charts/shoal/README.md from README.md.tmpl and the `# --` comments of values.yaml.
+.PHONY: chart-docs
+chart-docs: venv
+	$(PY) -m tools.chart_docs
+
+# Check that charts/shoal/README.md is up to date with values.yaml.
+.PHONY: chart-docs-check
+chart-docs-check: venv
+	$(PY) -m tools.chart_docs --check
+
+# Check the alerts: promtool check rules and promtool test rules on the PrometheusRule the chart renders.
+.PHONY: chart-rules
+chart-rules: venv system-deps k8s-tools
+	$(PY) -m pytest -q tests/chart/test_rules.py $(PYTEST_ARGS)
+
+# Write examples/sidecar/deployment.yaml from snippet.yaml and the chart's shoal.sidecar templates.
+.PHONY: examples
+examples: venv k8s-tools
+	$(PY) -m tools.rehearsal.examples
+
+# Test the chart: every object valid for Kubernetes 1.29 and 1.33 (strict), the alerts, the README, the examples.
 .PHONY: chart-test
-chart-test: venv k8s-tools chart-dashboard
+chart-test: venv system-deps k8s-tools chart-dashboard chart-docs-check
 	$(PY) -m pytest -q -m chart tests/chart $(PYTEST_ARGS)
 
 # Rehearse the chart on Docker: its pods as containers of the image, put/get, metrics, a tracker lost.
@@ -190,10 +212,15 @@ chart-test: venv k8s-tools chart-dashboard
 rehearsal: venv k8s-tools
 	$(PY) -m pytest -q -m rehearsal tests/chart $(PYTEST_ARGS)
 
-# Install the chart on a throwaway kind cluster and round-trip a file (needs Docker, kind and a registry).
+# Install the chart on a throwaway kind cluster: round-trip a file, helm test, the sidecar example and node-local peers (needs Docker, kind and a registry).
 .PHONY: e2e-kind
 e2e-kind: image k8s-tools
 	IMAGE=$(IMAGE) bash tools/e2e-kind.sh
+
+# Package the chart and push it with the image beside it to an OCI registry (REGISTRY=host:port; default: Debian's docker-registry on loopback).
+.PHONY: release
+release: image k8s-tools chart-dashboard chart-docs-check
+	IMAGE=$(IMAGE) REGISTRY=$(REGISTRY) bash tools/release.sh
 
 # Remove caches and build outputs (keeps the virtualenv; rm -rf .venv by hand for a new one).
 .PHONY: clean

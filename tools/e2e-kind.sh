@@ -2,7 +2,10 @@
 # End to end on a real (kind) cluster: create a three-node cluster whose workers carry zone labels,
 # load the image, install the chart with values-kind.yaml, put a file on shoal-peer-0 and get it on
 # shoal-peer-2 through `kubectl exec`, compare checksums, check each peer found its zone, run
-# `helm test`, then delete the cluster (KEEP=1 keeps it).
+# `helm test` (which fetches the release peers' canary); then the two ways files reach workloads:
+# examples/sidecar (every replica's app starts with the file, checked by its sha256) and node-local
+# peers (helm upgrade with peer.nodeLocal.enabled; a pod fetches through its node's socket); then
+# delete the cluster (KEEP=1 keeps it).
 #
 # Needs Docker, kind (https://kind.sigs.k8s.io) and a registry that serves kind's node image; helm
 # and kubectl come from `make k8s-tools`. `make e2e-kind` builds the image first.
@@ -87,3 +90,47 @@ say "every peer knows its zone"
 
 "${HELM}" test shoal --kube-context "kind-${CLUSTER}" --namespace "${NS}" --timeout 5m --logs
 say "helm test passed"
+
+# Pod-level peers: the sidecar example, its file published on shoal-peer-1.
+"${KUBECTL[@]}" exec shoal-peer-1 -- sh -c "head -c $((SIZE_MIB * 1048576)) /dev/urandom > /data/model.bin"
+model_id=$("${KUBECTL[@]}" exec shoal-peer-1 -- shoal put /data/model.bin | tail -n 1)
+model_sum=$("${KUBECTL[@]}" exec shoal-peer-1 -- sha256sum /data/model.bin | cut -d' ' -f1)
+sed -e "s/FILE_ID/${model_id}/" -e "s#shoal:0.1.0#${IMAGE}#g" -e "s/namespace: shoal/namespace: ${NS}/" \
+  -e "s/shoal-tracker-headless.shoal.svc/shoal-tracker-headless.${NS}.svc/" examples/sidecar/deployment.yaml \
+  | "${KUBECTL[@]}" apply -f -
+"${KUBECTL[@]}" rollout status deployment/model-server --timeout 5m
+for pod in $("${KUBECTL[@]}" get pods -l app.kubernetes.io/name=model-server -o name); do
+  "${KUBECTL[@]}" logs "${pod}" -c app | grep -q "^${model_sum}  /shared/files/model.bin$" \
+    || { echo "e2e-kind: ${pod} did not start with the file" >&2; "${KUBECTL[@]}" logs "${pod}" --all-containers >&2; exit 1; }
+done
+say "sidecar example: every replica started with the file"
+
+# Node-local peers: a DaemonSet, and a pod that fetches through its node's socket.
+"${HELM}" upgrade shoal charts/shoal --kube-context "kind-${CLUSTER}" --namespace "${NS}" --reuse-values \
+  --set peer.nodeLocal.enabled=true --wait --timeout 5m
+"${KUBECTL[@]}" rollout status daemonset/shoal-node-peer --timeout 3m
+host_dir=/var/lib/shoal/${NS}-shoal
+"${KUBECTL[@]}" apply -f - <<EOF
+apiVersion: v1
+kind: Pod
+metadata:
+  name: node-local-client
+spec:
+  restartPolicy: Never
+  securityContext: {runAsNonRoot: true, runAsUser: 10001, runAsGroup: 10001, seccompProfile: {type: RuntimeDefault}}
+  containers:
+    - name: app
+      image: ${IMAGE}
+      command: ["/bin/sh", "-c", "shoal --peer unix:/shoal/run/control.sock get ${model_id} --output /shoal/files/model.bin && sha256sum /shoal/files/model.bin"]
+      securityContext: {allowPrivilegeEscalation: false, readOnlyRootFilesystem: true, capabilities: {drop: [ALL]}}
+      volumeMounts:
+        - {name: run, mountPath: /shoal/run}
+        - {name: files, mountPath: /shoal/files, readOnly: true}
+  volumes:
+    - {name: run, hostPath: {path: ${host_dir}/run, type: Directory}}
+    - {name: files, hostPath: {path: ${host_dir}/files, type: Directory}}
+EOF
+"${KUBECTL[@]}" wait pod/node-local-client --for=jsonpath='{.status.phase}'=Succeeded --timeout 3m
+"${KUBECTL[@]}" logs node-local-client | grep -q "^${model_sum}  /shoal/files/model.bin$" \
+  || { echo "e2e-kind: the node-local client got the wrong bytes" >&2; "${KUBECTL[@]}" logs node-local-client >&2; exit 1; }
+say "node-local peers: a pod fetched the file through its node's socket"

@@ -33,9 +33,12 @@ pytestmark = pytest.mark.chart
 
 # Kinds kubernetes-validate has no schema for (CRDs), each checked against a schema of ours instead.
 CRD_SCHEMAS = {
-    ("monitoring.coreos.com/v1", "ServiceMonitor"): Path(__file__).parent / "schemas" / "servicemonitor.json"
+    ("monitoring.coreos.com/v1", "ServiceMonitor"): Path(__file__).parent / "schemas" / "servicemonitor.json",
+    ("monitoring.coreos.com/v1", "PrometheusRule"): Path(__file__).parent / "schemas" / "prometheusrule.json",
 }
-OPTIONAL_KINDS = ("ServiceMonitor", "NetworkPolicy", "ConfigMap")
+OPTIONAL_KINDS = ("ServiceMonitor", "PrometheusRule", "NetworkPolicy", "ConfigMap", "DaemonSet")
+# The oldest Kubernetes with native sidecars (what the examples need) and the newest we validate against.
+KUBE_VERSIONS = ("1.29.0", KUBE_VERSION)
 TRACKER_FQDN = "shoal-tracker-headless.shoal.svc.cluster.local:7400"
 
 
@@ -56,18 +59,19 @@ def test_lint_strict(scenario: str) -> None:
     assert done.returncode == 0, done.stdout + done.stderr
 
 
+@pytest.mark.parametrize("version", KUBE_VERSIONS)
 @pytest.mark.parametrize("scenario", sorted(SCENARIOS))
-def test_every_object_is_valid_for_kubernetes_1_33(scenario: str) -> None:
+def test_every_object_is_valid_for_kubernetes(scenario: str, version: str) -> None:
     objs = render(SCENARIOS[scenario])
     assert objs
     for obj in objs:
-        where = f"{scenario}: {obj['kind']}/{obj['metadata']['name']}"
+        where = f"{scenario}: {obj['kind']}/{obj['metadata']['name']} (Kubernetes {version})"
         crd = CRD_SCHEMAS.get((obj["apiVersion"], obj["kind"]))
         try:
             if crd is not None:
                 jsonschema.validate(obj, json.loads(crd.read_text()))
             else:
-                kubernetes_validate.validate(obj, KUBE_VERSION, strict=True)
+                kubernetes_validate.validate(obj, version, strict=True)
         except (jsonschema.ValidationError, kubernetes_validate.ValidationError) as err:
             pytest.fail(f"{where}: {err.message}")
 
@@ -94,6 +98,16 @@ def test_validation_rejects_what_kubernetes_would() -> None:
         (["image.pullPolicy=Sometimes"], "pullPolicy"),
         (["tracker.topologySpread.zones=Maybe"], "zones"),
         (["peer.persistence.retentionPolicy.whenDeleted=Keep"], "whenDeleted"),
+        (["peer.config.chunkSize=1024"], "chunkSize"),
+        (["peer.config.chunkSize=16777217"], "chunkSize"),
+        (["peer.config.chunkSize=4 MiB"], "chunkSize"),
+        (["peer.config.chunkSize=8KiB"], "8KiB is 8192 bytes, below the minimum of 16384"),
+        (["peer.config.chunkSize=17MiB"], "17MiB is 17825792 bytes, above the maximum of 16777216"),
+        (["peer.config.uploadLimit=fast"], "uploadLimit"),
+        (["logFormat=xml"], "logFormat"),
+        (["image.digest=latest"], "digest"),
+        (["peer.pdb.maxUnavailable=many"], "maxUnavailable"),
+        (["peer.nodeLocal.hostPath=relative/dir"], "hostPath"),
     ],
 )
 def test_schema_rejects_bad_values(sets: list[str], message: str) -> None:
@@ -169,6 +183,9 @@ def test_schema_is_strict_and_covers_values_yaml() -> None:
         sub = _props(sub, defs)
         if not isinstance(node, dict) or "properties" not in sub:
             return
+        if path == ".global":  # a parent chart's globals: anything may be there
+            assert sub.get("additionalProperties") is True
+            return
         assert sub.get("additionalProperties") is False, f"{path or '/'} is not strict"
         for key, value in node.items():
             assert key in sub["properties"], f"{path}.{key} missing from values.schema.json"
@@ -229,7 +246,11 @@ def test_peers(default: list[Obj]) -> None:
     assert variables["SHOAL_DATA_DIR"]["value"] == "/data"  # `kubectl exec ... shoal get` finds the socket
     assert variables["SHOAL_CHUNK_SIZE"]["value"] == "1048576"
     assert variables["SHOAL_METRICS_PORT"]["value"] == "9401"
+    assert variables["SHOAL_LOG_FORMAT"]["value"] == "json"
     assert {p["name"]: p["containerPort"] for p in ctr["ports"]} == {"grpc": 7401, "metrics": 9401}
+    pdb = one(default, "PodDisruptionBudget", "shoal-peer")
+    assert pdb["spec"]["maxUnavailable"] == 1 and pdb["spec"]["selector"] == sts["spec"]["selector"]
+    assert sts["spec"]["updateStrategy"] == {"type": "RollingUpdate"}
     pod = pod_spec(sts)
     assert pod["terminationGracePeriodSeconds"] == 30
     assert ctr["lifecycle"]["preStop"]["exec"]["command"] == ["sleep", "5"]
@@ -245,7 +266,7 @@ def test_probes_are_native_grpc(default: list[Obj]) -> None:
 @pytest.mark.parametrize("scenario", sorted(SCENARIOS))
 def test_restricted_security(scenario: str) -> None:
     objs = render(SCENARIOS[scenario])
-    pods = [*find(objs, "Deployment"), *find(objs, "StatefulSet"), *find(objs, "Pod")]
+    pods = [*find(objs, "Deployment"), *find(objs, "StatefulSet"), *find(objs, "DaemonSet"), *find(objs, "Pod")]
     assert pods
     for workload in pods:
         pod = pod_spec(workload)
@@ -277,21 +298,44 @@ def test_optional_objects_off_by_default(default: list[Obj]) -> None:
 def test_optional_objects_when_enabled(all_on: list[Obj]) -> None:
     monitors = {m["metadata"]["name"]: m for m in find(all_on, "ServiceMonitor")}
     assert set(monitors) == {"shoal-tracker", "shoal-peer"}
+    wanted = {"tracker": ["shoal-tracker-headless"], "peer": ["shoal-node-peer-headless", "shoal-peer-headless"]}
     for component, monitor in (("tracker", monitors["shoal-tracker"]), ("peer", monitors["shoal-peer"])):
         assert monitor["metadata"]["labels"]["release"] == "kube-prometheus-stack"
-        assert monitor["spec"]["endpoints"][0]["port"] == "metrics"
-        chosen = [
-            s
-            for s in find(all_on, "Service")
-            if monitor["spec"]["selector"]["matchLabels"].items() <= s["metadata"]["labels"].items()
-        ]
-        assert [s["metadata"]["name"] for s in chosen] == [f"shoal-{component}-headless"]
-        assert "metrics" in {p["name"] for p in chosen[0]["spec"]["ports"]}
+        endpoint = monitor["spec"]["endpoints"][0]
+        assert endpoint["port"] == "metrics"
+        # The labels the alerts and the dashboard select on.
+        targets = {r["targetLabel"]: r["sourceLabels"] for r in endpoint["relabelings"]}
+        assert targets == {
+            "release": ["__meta_kubernetes_pod_label_app_kubernetes_io_instance"],
+            "component": ["__meta_kubernetes_pod_label_app_kubernetes_io_component"],
+        }
+        chosen = [s for s in find(all_on, "Service") if selects(monitor["spec"]["selector"], s["metadata"]["labels"])]
+        assert [s["metadata"]["name"] for s in chosen] == wanted[component]
+        assert all("metrics" in {p["name"] for p in s["spec"]["ports"]} for s in chosen)
     dashboard = one(all_on, "ConfigMap", "shoal-dashboard")
     assert dashboard["metadata"]["labels"]["grafana_dashboard"] == "1"
     assert dashboard["metadata"]["namespace"] == "monitoring"
     assert json.loads(dashboard["data"]["shoal.json"]) == json.loads((ROOT / "dashboards" / "shoal.json").read_text())
     assert len(find(all_on, "NetworkPolicy")) == 2
+    assert one(all_on, "PrometheusRule")["metadata"]["labels"]["release"] == "kube-prometheus-stack"
+    assert one(all_on, "DaemonSet")["metadata"]["name"] == "shoal-node-peer"
+
+
+def selects(selector: Obj, labels: dict[str, str]) -> bool:
+    """Whether a LabelSelector (matchLabels and In/NotIn/Exists expressions) selects these labels."""
+    if not selector.get("matchLabels", {}).items() <= labels.items():
+        return False
+    for expr in selector.get("matchExpressions", []):
+        key, op, values = expr["key"], expr["operator"], expr.get("values", [])
+        ok = {
+            "In": labels.get(key) in values,
+            "NotIn": labels.get(key) not in values,
+            "Exists": key in labels,
+            "DoesNotExist": key not in labels,
+        }[op]
+        if not ok:
+            return False
+    return True
 
 
 def test_network_policies(all_on: list[Obj]) -> None:
@@ -301,12 +345,20 @@ def test_network_policies(all_on: list[Obj]) -> None:
     ingress_ports = [[p["port"] for p in rule["ports"]] for rule in tracker["spec"]["ingress"]]
     assert ingress_ports == [[7400], [9400]]
     clients = tracker["spec"]["ingress"][0]["from"][0]["podSelector"]["matchExpressions"][0]
-    assert clients["values"] == ["peer", "test"]
+
+    assert tracker["spec"]["ingress"][0]["from"][1]["podSelector"] == {"matchLabels": {"shoal/peer": "true"}}
+    assert clients["values"] == ["peer", "node-peer", "test"]
 
     peer = one(all_on, "NetworkPolicy", "shoal-peer")
+    peer_pod = {"app.kubernetes.io/name": "shoal", "app.kubernetes.io/instance": "shoal"}
+    for component in ("peer", "node-peer"):
+        assert selects(peer["spec"]["podSelector"], {**peer_pod, "app.kubernetes.io/component": component})
+    assert not selects(peer["spec"]["podSelector"], {**peer_pod, "app.kubernetes.io/component": "tracker"})
     ingress = peer["spec"]["ingress"]
     assert [[p["port"] for p in rule["ports"]] for rule in ingress] == [[7401], [9401]]
-    assert ingress[0]["from"][0]["podSelector"]["matchLabels"]["app.kubernetes.io/component"] == "peer"
+    release_peers, sidecars = ingress[0]["from"]
+    assert selects(release_peers["podSelector"], {**peer_pod, "app.kubernetes.io/component": "node-peer"})
+    assert sidecars["podSelector"] == {"matchLabels": {"shoal/peer": "true"}}
     assert ingress[1]["from"][0]["podSelector"]["matchLabels"] == {"app.kubernetes.io/name": "prometheus"}
     egress = peer["spec"]["egress"]
     assert [sorted((p["port"], p["protocol"]) for p in rule["ports"]) for rule in egress] == [
@@ -315,7 +367,8 @@ def test_network_policies(all_on: list[Obj]) -> None:
         [(53, "TCP"), (53, "UDP")],
         [(443, "TCP")],
     ]
-    assert egress[0]["to"][0]["podSelector"]["matchLabels"]["app.kubernetes.io/component"] == "peer"
+    assert selects(egress[0]["to"][0]["podSelector"], {**peer_pod, "app.kubernetes.io/component": "peer"})
+    assert egress[0]["to"][1]["podSelector"] == {"matchLabels": {"shoal/peer": "true"}}
     assert egress[1]["to"][0]["podSelector"]["matchLabels"]["app.kubernetes.io/component"] == "tracker"
     assert egress[3]["to"] == [{"ipBlock": {"cidr": "10.0.0.0/16"}}]
 
@@ -392,6 +445,23 @@ def test_helm_test_pod_transfers_between_two_daemons(default: list[Obj]) -> None
     assert script.count("shoal peer ") == 2
     assert "put" in script and " get " in script and "sha256sum" in script
     assert env(ctr)["SHOAL_TRACKER"]["value"] == TRACKER_FQDN
+
+
+def test_helm_test_fetches_the_release_peers_canary(default: list[Obj]) -> None:
+    """The test pod finds, through the trackers, the file every release peer published at start, and fetches it."""
+    pod = one(default, "Pod", "shoal-test-transfer")
+    variables = env(container(pod))
+    assert variables["CANARY"]["value"] == "shoal-canary-shoal"
+    assert variables["MIN_HOLDERS"]["value"] == "3"  # every StatefulSet peer
+    script = container(pod)["args"][0]
+    for step in ('search --json "$CANARY"', 'peers --json "$canary"', 'get "$canary"', 'yes "$CANARY"'):
+        assert step in script, step
+    hook = container(one(default, "StatefulSet"))["lifecycle"]["postStart"]["exec"]["command"]
+    assert 'yes "shoal-canary-shoal" | head -c 1048576' in hook[-1]
+    assert "shoal put --name shoal-canary-shoal /data/.shoal-canary" in hook[-1]
+    assert hook[-1].rstrip().endswith("|| true")  # a failed publish never kills the peer
+    no_tests = render(sets=["tests.enabled=false"])
+    assert "postStart" not in container(one(no_tests, "StatefulSet"))["lifecycle"]
 
 
 def test_fullname_override_renames_everything() -> None:

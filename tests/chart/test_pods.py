@@ -68,6 +68,7 @@ def test_plan_of_the_default_chart() -> None:
     assert peer.tmpfs == ["/tmp"] and peer.volumes == {"run1-data-shoal-peer-0": "/data"}
     assert peer.readiness is not None and (peer.readiness.port, peer.readiness.service) == (7401, "")
     assert peer.pre_stop == ["sleep", "5"] and peer.grace_seconds == 30
+    assert peer.post_start is not None and "shoal put --name shoal-canary-shoal" in peer.post_start[-1]
     assert peer.metrics_port == 9401 and peer.memory == 2**30
     assert "shoal-peer-0.shoal-peer-headless.shoal.svc.cluster.local" in peer.aliases
     trackers = sorted(by_pod[f"shoal-tracker-{i}"].ip for i in range(2))

@@ -63,6 +63,7 @@ class ContainerPlan:
     readiness: GrpcProbe | None = None
     liveness: GrpcProbe | None = None
     pre_stop: list[str] | None = None
+    post_start: list[str] | None = None
     grace_seconds: int = 30
     ports: dict[str, int] = field(default_factory=dict)
     run_once: bool = False
@@ -233,8 +234,10 @@ def plan(objs: list[Obj], cluster: Cluster, image: str | None = None) -> list[Co
                 raise PlanError(f"{pod_name}: volume {source} not emulated")
         limits: Obj = ctr.get("resources", {}).get("limits", {})
         stop_hook = ctr.get("lifecycle", {}).get("preStop")
-        if stop_hook is not None and "exec" not in stop_hook:
-            raise PlanError(f"{pod_name}: only exec preStop hooks are emulated")
+        start_hook = ctr.get("lifecycle", {}).get("postStart")
+        for hook_name, hook in (("preStop", stop_hook), ("postStart", start_hook)):
+            if hook is not None and "exec" not in hook:
+                raise PlanError(f"{pod_name}: only exec {hook_name} hooks are emulated")
         plans.append(
             ContainerPlan(
                 pod=pod_name,
@@ -262,6 +265,7 @@ def plan(objs: list[Obj], cluster: Cluster, image: str | None = None) -> list[Co
                 readiness=_probe(ctr.get("readinessProbe")),
                 liveness=_probe(ctr.get("livenessProbe")),
                 pre_stop=list(stop_hook["exec"]["command"]) if stop_hook else None,
+                post_start=list(start_hook["exec"]["command"]) if start_hook else None,
                 grace_seconds=int(spec.get("terminationGracePeriodSeconds", 30)),
                 ports={p["name"]: int(p["containerPort"]) for p in ctr.get("ports", []) if "name" in p},
                 run_once=kind == "Pod",

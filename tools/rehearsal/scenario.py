@@ -7,6 +7,7 @@ import json
 import logging
 import os
 import secrets
+import shutil
 import subprocess
 import time
 from dataclasses import dataclass, field
@@ -15,6 +16,7 @@ from typing import Any
 
 from tools.rehearsal import engine
 from tools.rehearsal.chart import ROOT, render
+from tools.rehearsal.podrun import PodRunner
 from tools.rehearsal.pods import Cluster, ContainerPlan, check_aliases, docker_run_args, plan
 
 logger = logging.getLogger(__name__)
@@ -85,6 +87,21 @@ class Rehearsal:
         check_aliases(self.plans)
         self.report["pods"] = {p.pod: {"ip": p.ip, "node": p.node, "aliases": p.aliases} for p in self.plans}
 
+    def render_more(self, sets: list[str]) -> list[Any]:
+        """The chart rendered again for this image with extra --set flags (e.g. to turn on node-local peers)."""
+        repository, _, tag = self.image.rpartition(":")
+        base = [f"image.repository={repository}", f"image.tag={tag}", "image.pullPolicy=Never"]
+        return render(self.values, base + sets, self.release, self.namespace)
+
+    @property
+    def host_root(self) -> Path:
+        """Where each pretend node's hostPath directories live on this machine."""
+        return REPORT_DIR / self.run_id / "nodes"
+
+    def pod_runner(self) -> PodRunner:
+        """Runs whole pods (init containers, native sidecars, shared volumes, hostPath) on this rehearsal's network."""
+        return PodRunner(self.cluster, self.network, self._dns_search(), self.run_id, self.host_root, self.image)
+
     def _dns_search(self) -> list[str]:
         domain = self.cluster.cluster_domain
         return [f"{self.namespace}.svc.{domain}", f"svc.{domain}", domain]
@@ -115,6 +132,8 @@ class Rehearsal:
         args = docker_run_args(p, self.network, self._dns_search(), {engine.LABEL: self.run_id})
         self._started_at[p.pod] = time.monotonic()
         engine.docker("run", *args)
+        if p.post_start:  # the kubelet runs it beside the entrypoint, right after the container starts
+            engine.docker("exec", "-d", p.pod, *p.post_start)
 
     def wait_serving(self, timeout: float = 120) -> dict[str, float]:
         """Poll every pod's readiness probe, as declared, until SERVING; seconds from `docker run` for each."""
@@ -231,6 +250,7 @@ class Rehearsal:
     def down(self, stop_engine: bool = True) -> None:
         """Remove this run's containers, volumes, network and image; stop dockerd if we started it."""
         engine.remove_labelled(self.run_id)
+        shutil.rmtree(self.host_root, ignore_errors=True)
         engine.remove_images([self.image])
         if stop_engine and self.started_engine:
             engine.stop_engine()
