@@ -39,6 +39,10 @@ class CorruptChunk(StoreError):
     """Bytes on disk no longer match the manifest."""
 
 
+class DiskFull(StoreError):
+    """The data dir's (or the output's) filesystem has no space left."""
+
+
 @dataclass
 class Entry:
     """One file in the store, complete or partial."""
@@ -68,7 +72,7 @@ class Entry:
 
 def _explain(err: OSError, what: str) -> StoreError:
     if err.errno == errno.ENOSPC:
-        return StoreError(f"disk full while {what}")
+        return DiskFull(f"disk full while {what}")
     return StoreError(f"{what} failed: {err.strerror or err}")
 
 
