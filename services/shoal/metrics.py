@@ -101,9 +101,10 @@ class PeerObserver(Observer):
 class PeerCollector:
     """Reads node.stats, the downloads table, the store and the token buckets at scrape time."""
 
-    def __init__(self, node: Node, loop: asyncio.AbstractEventLoop) -> None:
+    def __init__(self, node: Node, loop: asyncio.AbstractEventLoop, active_downloads: Callable[[], int]) -> None:
         self._node = node
         self._loop = loop
+        self._active_downloads = active_downloads
 
     def collect(self) -> Iterable[Metric]:
         """One consistent snapshot, taken on the event loop."""
@@ -140,7 +141,7 @@ class PeerCollector:
         yield _counter("shoal_peer_downloads_started_total", "Downloads started.", stats.downloads_started)
         yield _counter("shoal_peer_downloads_completed_total", "Downloads completed.", stats.downloads_completed)
         yield _counter("shoal_peer_downloads_failed_total", "Downloads that failed.", stats.downloads_failed)
-        yield _gauge("shoal_peer_active_downloads", "Downloads in progress.", len(node.downloads))
+        yield _gauge("shoal_peer_active_downloads", "Downloads in progress.", self._active_downloads())
         yield _gauge("shoal_peer_active_uploads", "GetChunk calls being served now.", stats.active_uploads)
         waits = CounterMetricFamily(
             "shoal_peer_cap_waits_total", "Transfers that waited for the rate cap, by direction.", labels=["direction"]
@@ -224,10 +225,10 @@ class ProcessMetrics:
         disable_created_metrics()  # process-wide: no *_created series beside every counter and histogram
         ProcessCollector(namespace="shoal", registry=self.registry)
 
-    def watch_peer(self, node: Node) -> None:
+    def watch_peer(self, node: Node, active_downloads: Callable[[], int]) -> None:
         """Feed the histograms from node.observer and read node state at scrape time."""
         node.observer = PeerObserver(self.registry)
-        self.registry.register(PeerCollector(node, asyncio.get_running_loop()))
+        self.registry.register(PeerCollector(node, asyncio.get_running_loop(), active_downloads))
 
     def watch_tracker(self, registry: Registry) -> None:
         """Read the registry at scrape time."""

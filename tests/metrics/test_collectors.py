@@ -29,7 +29,7 @@ def make_node(tmp_path: Path) -> Node:
 async def test_peer_collector_reads_stats_at_scrape_time(tmp_path: Path) -> None:
     node = make_node(tmp_path)
     registry = CollectorRegistry()
-    registry.register(PeerCollector(node, asyncio.get_running_loop()))
+    registry.register(PeerCollector(node, asyncio.get_running_loop(), lambda: 0))
     node.stats.uploaded_bytes = 10
     node.stats.from_partial_bytes = 3
     node.stats.from_complete_bytes = 7
@@ -99,7 +99,7 @@ def test_on_loop_gives_up_when_the_loop_does_not_run() -> None:
 async def test_exporter_serves_and_stops(tmp_path: Path) -> None:
     metrics = ProcessMetrics(0, "127.0.0.1")
     node = make_node(tmp_path)
-    metrics.watch_peer(node)
+    metrics.watch_peer(node, lambda: 0)
     tracker = WatchedRegistry(ttl=5.0)
     tracker.announce(Peer("peer-secret", "10.0.0.1:7401"), [Holding(FILE_ID, "a.iso", 1, True)])
     metrics.watch_tracker(tracker)
