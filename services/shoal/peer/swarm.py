@@ -90,6 +90,7 @@ class Download:
         self._failure: BaseException | None = None
         self._digest: PrefixDigest | None = None
         self._verifying = 0  # chunks received and being verified and written
+        self._serving = False  # a chunk of ours verified: the trackers have been asked to list us
         self._side_tasks: set[asyncio.Task[None]] = set()
 
     # ---- progress for the control API -------------------------------------------------------
@@ -382,7 +383,8 @@ class Download:
                     task.cancel()
         if self._digest is not None:
             self._digest.advance()
-        if self.entry is not None and self.entry.have.count == 1:
+        if not self._serving:
+            self._serving = True
             self._announce_soon()  # we now serve a chunk: let the trackers list us as a partial holder
 
     def _rejected(self, source: Source, index: int) -> None:
