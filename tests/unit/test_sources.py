@@ -191,3 +191,18 @@ def test_preference_order_same_zone_then_fastest() -> None:
     by_key["10.0.0.2:7401"].delivered(MIB, 1.0)
     by_key["10.0.0.3:7401"].delivered(2 * MIB, 1.0)
     assert [s.key for s in t.by_preference()] == ["10.0.0.3:7401", "10.0.0.2:7401", "10.0.0.1:7401"]
+
+
+def test_a_stalled_source_is_dropped_only_when_another_can_take_over() -> None:
+    clock = FakeClock()
+    t = table(clock, max_peers=3)
+    t.offer([peer(1), peer(2), peer(3)])
+    new, _ = t.admit()
+    a, b, c = sorted(new, key=lambda s: s.key)
+    a.asked(0)
+    b.asked(1)
+    clock.advance(2 * sources.SOURCE_STALL + 1)
+    assert t.stalled(MIB, lambda key: False) == []  # nobody holds what we miss: keep waiting
+    assert t.stalled(MIB, lambda key: key == c.key) == [a, b]  # c, idle, can take over both
+    c.cool_off(1.0)
+    assert t.stalled(MIB, lambda key: True) == [a]  # then b is the only holder left: kept through the pause

@@ -209,6 +209,19 @@ class Sources:
         slowest = min(usable, key=lambda s: s.rate)
         return slowest if slowest.inflight == 0 and slowest.received > 0 else None
 
+    def stalled(self, length: int, useful: Callable[[str], bool]) -> list[Source]:
+        """Sources to drop as hung or crawling: stalled, and another usable source holds a chunk still missing.
+
+        The only holder is kept through a pause (TCP backing off under heavy loss); its requests'
+        own deadlines catch a holder that is dead.
+        """
+        dropped: list[Source] = []
+        for source in list(self.admitted.values()):
+            others = [o for o in self.usable() if o is not source and o not in dropped]
+            if source.stalled(length) and any(useful(o.key) for o in others):
+                dropped.append(source)
+        return dropped
+
     def remove(self, source: Source) -> None:
         """Forget a source entirely (retired: it may come back as a candidate)."""
         if self.admitted.get(source.key) is source:

@@ -14,7 +14,7 @@ import functools
 import logging
 import random
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
 
 from shoal import content
@@ -48,10 +48,6 @@ class _Session:
     fetches: dict[int, asyncio.Task[None]] = field(default_factory=dict)
 
 
-def _nothing() -> None:
-    pass
-
-
 class Download:
     """Fetches one file into the store from the swarm, verifying every chunk."""
 
@@ -63,7 +59,7 @@ class Download:
         file_id: str,
         output: str = "",
         *,
-        announce_soon: Callable[[], None] = _nothing,
+        announce_soon: Callable[[], None] = lambda: None,
         clock: Callable[[], float] = time.monotonic,
         rng: random.Random | None = None,
         tick: float = TICK,
@@ -127,8 +123,8 @@ class Download:
     def _notify(self) -> None:
         self._wake.set()
 
-    def _spawn(self, coro: object) -> None:
-        task: asyncio.Task[None] = asyncio.create_task(coro)  # type: ignore[arg-type]
+    def _spawn(self, coro: Coroutine[None, None, None]) -> None:
+        task = asyncio.create_task(coro)
         self._side_tasks.add(task)
         task.add_done_callback(self._side_tasks.discard)
 
@@ -234,27 +230,17 @@ class Download:
         self._notify()
 
     def _drop_stalled(self) -> None:
-        """A source that hangs (no RST, e.g. SIGSTOP) or crawls: hand its in-flight chunks to others.
-
-        Only when another source can take them over: the only holder is kept through a pause (TCP
-        backing off under heavy loss), and its requests' own deadlines catch a holder that is dead.
-        """
-        for source in list(self._sources.admitted.values()):
-            if source.stalled(self._chunk_size) and self._others_can_take_over(source):
-                logger.warning(
-                    "source %s sent nothing for %.0fs with %d requests in flight; switching",
-                    source.key,
-                    self._clock() - source.last_activity,
-                    source.inflight,
-                )
-                self._drop_dead(source, COOL_OFF_STALLED)
-
-    def _others_can_take_over(self, source: Source) -> bool:
-        """True if another usable source holds a chunk we still miss."""
-        picker = self._picker
-        return picker is not None and any(
-            other is not source and picker.useful(other.key) for other in self._sources.usable()
-        )
+        """A source that hangs (no RST, e.g. SIGSTOP) or crawls: hand its in-flight chunks to others."""
+        assert self._picker is not None
+        for source in self._sources.stalled(self._chunk_size, self._picker.useful):
+            quiet = self._clock() - source.last_activity
+            logger.warning(
+                "source %s sent nothing for %.0fs with %d requests in flight; switching",
+                source.key,
+                quiet,
+                source.inflight,
+            )
+            self._drop_dead(source, COOL_OFF_STALLED)
 
     def _failed(self, source: Source, err: LinkError) -> None:
         if source.failed():
@@ -405,11 +391,7 @@ class Download:
             self.node.forget(self.file_id, source.info.peer_id)
 
     async def _stop_all(self) -> None:
-        tasks: list[asyncio.Task[None]] = []
-        for session in self._sessions.values():
-            if session.exchange is not None:
-                tasks.append(session.exchange)
-            tasks.extend(session.fetches.values())
+        tasks = [t for s in self._sessions.values() for t in (s.exchange, *s.fetches.values()) if t is not None]
         for task in tasks:
             task.cancel()
         if tasks:
