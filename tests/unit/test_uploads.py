@@ -114,7 +114,7 @@ async def test_super_seeding_offers_few_chunks_to_each_of_several_downloaders(tm
     offered = content.Bitfield(NCHUNKS, served.bitfield)
     assert 0 < offered.count < NCHUNKS
     s.clock.advance(60)  # both idle: back to offering everything
-    assert s.uploads.advertised(s.entry, "a") == s.entry.have.to_bytes()
+    assert s.uploads.bitfield_for(s.entry, "a") == s.entry.have.to_bytes()
 
 
 async def test_no_piggyback_for_huge_files(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

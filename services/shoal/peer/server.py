@@ -101,7 +101,7 @@ class PeerServicer:
             except content.ContentError:
                 theirs = None
         return peer_pb2.ExchangeResponse(
-            bitfield=self._uploads.advertised(entry, caller.peer_id, theirs),
+            bitfield=self._uploads.bitfield_for(entry, caller.peer_id, theirs),
             complete=entry.complete,
             known=node.sample_known(entry.file_id),
         )

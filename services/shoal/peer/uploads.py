@@ -85,11 +85,11 @@ class Uploads:
             if complete:
                 self._seeder(entry).served(index, peer_id)
             small = entry.have.size <= PIGGYBACK_MAX_CHUNKS
-            return Served(data, complete, self.advertised(entry, peer_id) if small else b"")
+            return Served(data, complete, self.bitfield_for(entry, peer_id) if small else b"")
         finally:
             stats.active_uploads -= 1
 
-    def advertised(self, entry: Entry, peer_id: str, theirs: content.Bitfield | None = None) -> bytes:
+    def bitfield_for(self, entry: Entry, peer_id: str, theirs: content.Bitfield | None = None) -> bytes:
         """The bitfield to show a caller: everything held, or a complete holder's super-seeding offer."""
         if not entry.complete:
             return entry.have.to_bytes()
