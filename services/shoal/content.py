@@ -189,10 +189,6 @@ class Bitfield:
         """True when every bit is set."""
         return self._count == self.size
 
-    def missing(self) -> list[int]:
-        """Indices not yet set."""
-        return [i for i in range(self.size) if i not in self]
-
     def to_bytes(self) -> bytes:
         """Wire form."""
         return bytes(self._bits)

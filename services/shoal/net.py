@@ -16,6 +16,9 @@ T = TypeVar("T")
 
 # Chunks are at most 16 MiB (content.MAX_CHUNK_SIZE); leave room for framing.
 MAX_MESSAGE_BYTES = 17 * 1024 * 1024
+# A peer's reply is still read up to this size, so one over MAX_MESSAGE_BYTES (more than any honest peer
+# sends) is caught as a lie by its size instead of being refused by gRPC with the status a busy peer uses.
+MAX_REPLY_BYTES = 2 * MAX_MESSAGE_BYTES
 
 # Deadlines (seconds) for each kind of call; every RPC in Shoal carries one.
 TRACKER_DEADLINE = 3.0
@@ -58,9 +61,10 @@ SERVER_OPTIONS: list[tuple[str, int | str]] = [
 ]
 
 
-def open_channel(address: str) -> grpc.aio.Channel:
+def open_channel(address: str, max_receive: int = MAX_MESSAGE_BYTES) -> grpc.aio.Channel:
     """Open an insecure channel with Shoal's limits and keepalive."""
-    return grpc.aio.insecure_channel(address, options=CHANNEL_OPTIONS)
+    options = [(k, max_receive if k == "grpc.max_receive_message_length" else v) for k, v in CHANNEL_OPTIONS]
+    return grpc.aio.insecure_channel(address, options=options)
 
 
 def backoff_delays(base: float = 0.1, cap: float = 2.0) -> Callable[[int], float]:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Callable
 
 logger = logging.getLogger(__name__)
 
@@ -15,11 +16,11 @@ class TokenBucket:
     burst is 0.2 s of rate, so a 5 s window stays within 4% of the cap.
     """
 
-    def __init__(self, rate: int) -> None:
+    def __init__(self, rate: int, clock: Callable[[], float] = time.monotonic) -> None:
         self.rate = rate
         self._burst = rate * 0.2
         self._tokens = 0.0
-        self._clock = time.monotonic
+        self._clock = clock
         self._stamp = self._clock()
         self.waits = 0
         self.waited_seconds = 0.0
@@ -46,8 +47,3 @@ class TokenBucket:
             self.waits += 1
             self.waited_seconds += delay
             await asyncio.sleep(delay)
-
-    def refund(self, nbytes: int) -> None:
-        """Give back bytes reserved for a transfer that did not happen."""
-        if not self.unlimited:
-            self._tokens = min(self._burst, self._tokens + nbytes)

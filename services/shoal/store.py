@@ -51,6 +51,10 @@ class SourceChanged(StoreError):
     """A file being published changed while it was read; nothing was published."""
 
 
+class DiskFull(StoreError):
+    """The data dir's (or the output's) filesystem has no space left."""
+
+
 @dataclass
 class Entry:
     """One file in the store, complete or partial."""
@@ -112,7 +116,7 @@ class Placed:
 
 def _explain(err: OSError, what: str) -> StoreError:
     if err.errno == errno.ENOSPC:
-        return StoreError(f"disk full while {what}")
+        return DiskFull(f"disk full while {what}")
     return StoreError(f"{what} failed: {err.strerror or err}")
 
 

@@ -177,7 +177,7 @@ def test_remove_source_updates_availability() -> None:
     picker.started(1, "b")
     picker.remove_source("a")
     assert picker.availability == [0, 1, 1, 0]
-    assert not picker.holds("a", 0)
+    assert not picker.useful("a")
     assert picker.pick("a") is None
     assert picker.inflight[1] == {"b"}
     picker.remove_source("a")  # unknown now: no-op
@@ -199,24 +199,14 @@ def test_drop_chunk() -> None:
     picker.set_bitfield("a", bits(3, [0, 2]))
     picker.drop_chunk("a", 2)
     assert picker.availability == [1, 0, 0]
-    assert not picker.holds("a", 2)
     assert all(picker.pick("a") == 0 for _ in range(20))
     picker.drop_chunk("a", 2)  # already gone: no double decrement
     picker.drop_chunk("nobody", 0)
     assert picker.availability == [1, 0, 0]
 
 
-def test_add_chunk() -> None:
-    picker = Picker(Bitfield(3), random.Random(17))
-    picker.add_chunk("a", 2)
-    picker.add_chunk("a", 2)
-    assert picker.availability == [0, 0, 1]
-    assert picker.holds("a", 2)
-    assert picker.pick("a") == 2
-
-
 def test_set_bitfield_diff_matches_recount() -> None:
-    """Random set/add/drop/remove sequences against an independent model of who holds what."""
+    """Random set/drop/remove sequences against an independent model of who holds what."""
     rng = random.Random(2024)
     for size in (1, 7, 8, 9, 33, 100):
         picker = Picker(Bitfield(size), random.Random(size))
@@ -230,20 +220,16 @@ def test_set_bitfield_diff_matches_recount() -> None:
                 held = {i for i in range(size) if rng.random() < density}
                 picker.set_bitfield(name, bits(size, held))
                 model[name] = held
-            elif action < 0.75:
+            elif action < 0.9:
                 index = rng.randrange(size)
                 picker.drop_chunk(name, index)
                 model.get(name, set()).discard(index)
-            elif action < 0.9:
-                index = rng.randrange(size)
-                picker.add_chunk(name, index)
-                model.setdefault(name, set()).add(index)
             else:
                 picker.remove_source(name)
                 model.pop(name, None)
             expected = [sum(1 for held in model.values() if i in held) for i in range(size)]
             assert picker.availability == expected
-            assert all(picker.holds(n, i) == (i in model.get(n, set())) for n in names for i in range(size))
+            assert all(picker.useful(n) == bool(model.get(n)) for n in names)
 
 
 def test_set_bitfield_same_source_replaced() -> None:

@@ -98,7 +98,7 @@ def test_every_peer_rpc_is_registered() -> None:
             self.invocation_metadata = ()
 
     server = Capture()
-    add_to_server(PeerServicer(cast(Any, None)), cast(Any, server))
+    add_to_server(PeerServicer(cast(Any, None), cast(Any, None), cast(Any, None)), cast(Any, server))
     names = [m.name for m in peer_pb2.DESCRIPTOR.services_by_name["Peer"].methods]
     assert names, "the Peer service has rpcs"
     for name in names:

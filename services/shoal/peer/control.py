@@ -7,18 +7,18 @@ import logging
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import TYPE_CHECKING, NoReturn
+from typing import NoReturn
 
 import grpc
 
 from shoal import content
-from shoal.peer.swarm import Download, DownloadError, NoHolders
-from shoal.peer.trackers import TrackersUnavailable
-from shoal.store import StoreError, check_output, check_source
+from shoal.peer.downloads import Downloads
+from shoal.peer.errors import DownloadError, NoHolders, TrackersUnavailable
+from shoal.peer.node import Node
+from shoal.peer.swarm import Download
+from shoal.peer.trackers import TrackerClient
+from shoal.store import DiskFull, StoreError, check_output, check_source
 from shoal.v1 import common_pb2, control_pb2, control_pb2_grpc
-
-if TYPE_CHECKING:
-    from shoal.peer.daemon import PeerDaemon
 
 logger = logging.getLogger(__name__)
 
@@ -33,7 +33,7 @@ async def _fail(context: grpc.aio.ServicerContext, err: Exception) -> NoReturn:
         code = grpc.StatusCode.NOT_FOUND
     elif isinstance(err, TrackersUnavailable):
         code = grpc.StatusCode.UNAVAILABLE
-    elif isinstance(err, StoreError | DownloadError) and "disk full" in str(err):
+    elif isinstance(err, DiskFull):
         code = grpc.StatusCode.RESOURCE_EXHAUSTED
     else:
         code = grpc.StatusCode.FAILED_PRECONDITION
@@ -50,27 +50,29 @@ def _absolute(path: str, what: str) -> Path:
 class ControlServicer(control_pb2_grpc.ControlServicer):
     """Put, get, search, peers, ls and status for the local CLI."""
 
-    def __init__(self, daemon: PeerDaemon) -> None:
-        self._daemon = daemon
+    def __init__(self, node: Node, downloads: Downloads, trackers: TrackerClient) -> None:
+        self._node = node
+        self._downloads = downloads
+        self._trackers = trackers
 
     async def Put(self, request: control_pb2.PutRequest, context: grpc.aio.ServicerContext) -> control_pb2.PutResponse:
-        daemon = self._daemon
+        node = self._node
         try:
             source = _absolute(request.path, "path")
             await asyncio.to_thread(check_source, source)
             name = content.check_name(request.name or source.name)
-            chunk_size = content.check_chunk_size(request.chunk_size or daemon.config.chunk_size)
-            entry = await asyncio.to_thread(daemon.node.store.publish, source, name, chunk_size)
+            chunk_size = content.check_chunk_size(request.chunk_size or node.config.chunk_size)
+            entry = await asyncio.to_thread(node.store.publish, source, name, chunk_size)
         except (content.ContentError, StoreError) as err:
             await _fail(context, err)
         logger.info("published %s as %s (%d bytes)", name, entry.file_id, entry.manifest.size)
-        daemon.node.announce_now.set()
+        self._trackers.announce_soon()
         return control_pb2.PutResponse(file=entry.info, chunks=len(entry.manifest.chunk_sha256))
 
     async def Get(
         self, request: control_pb2.GetRequest, context: grpc.aio.ServicerContext
     ) -> AsyncIterator[control_pb2.GetProgress]:
-        daemon = self._daemon
+        downloads = self._downloads
         try:
             file_id = content.parse_file_id(request.file_id)
             output = _absolute(request.output, "output") if request.output else None
@@ -79,8 +81,8 @@ class ControlServicer(control_pb2_grpc.ControlServicer):
         except (content.ContentError, StoreError) as err:
             await _fail(context, err)
         started = time.monotonic()
-        download, task = daemon.start_download(file_id, str(output) if output else "")
-        daemon.attach(file_id)
+        download, task = downloads.start(file_id, str(output) if output else "")
+        downloads.attach(file_id)
         cancelled = True
         try:
             while not task.done():
@@ -88,11 +90,11 @@ class ControlServicer(control_pb2_grpc.ControlServicer):
                 await asyncio.wait([task], timeout=PROGRESS_EVERY)
             cancelled = False
         finally:
-            daemon.detach(file_id, cancelled=cancelled)
+            downloads.detach(file_id, cancelled=cancelled)
         try:
             entry = task.result()
             if output is not None:
-                await asyncio.to_thread(daemon.node.store.export, entry, output)
+                await asyncio.to_thread(self._node.store.export, entry, output)
         except (DownloadError, StoreError, TrackersUnavailable) as err:
             await _fail(context, err)
         except asyncio.CancelledError:
@@ -126,7 +128,7 @@ class ControlServicer(control_pb2_grpc.ControlServicer):
         self, request: control_pb2.SearchRequest, context: grpc.aio.ServicerContext
     ) -> control_pb2.SearchResponse:
         try:
-            results = await self._daemon.trackers.search(request.term)
+            results = await self._trackers.search(request.term)
         except TrackersUnavailable as err:
             await _fail(context, err)
         return control_pb2.SearchResponse(results=results)
@@ -136,7 +138,7 @@ class ControlServicer(control_pb2_grpc.ControlServicer):
     ) -> control_pb2.PeersResponse:
         try:
             file_id = content.parse_file_id(request.file_id)
-            holders = await self._daemon.trackers.holders(file_id)
+            holders = await self._trackers.holders(file_id)
         except (content.ContentError, TrackersUnavailable) as err:
             await _fail(context, err)
         return control_pb2.PeersResponse(holders=holders)
@@ -151,24 +153,22 @@ class ControlServicer(control_pb2_grpc.ControlServicer):
                 chunks_done=entry.have.count,
                 chunks_total=entry.have.size,
             )
-            for entry in sorted(self._daemon.node.store.entries(), key=lambda e: (e.manifest.name, e.file_id))
+            for entry in sorted(self._node.store.entries(), key=lambda e: (e.manifest.name, e.file_id))
         ]
         return control_pb2.ListResponse(files=files)
 
     async def Status(
         self, request: control_pb2.StatusRequest, context: grpc.aio.ServicerContext
     ) -> control_pb2.StatusResponse:
-        daemon = self._daemon
-        stats = daemon.node.stats
+        node = self._node
+        stats = node.stats
         return control_pb2.StatusResponse(
-            peer=common_pb2.PeerInfo(
-                peer_id=daemon.node.peer_id, address=daemon.node.info.address, zone=daemon.node.info.zone
-            ),
-            trackers=daemon.trackers.addresses,
-            trackers_up=daemon.trackers.up,
+            peer=common_pb2.PeerInfo(peer_id=node.peer_id, address=node.info.address, zone=node.info.zone),
+            trackers=self._trackers.addresses,
+            trackers_up=self._trackers.up,
             uploaded_bytes=stats.uploaded_bytes,
             downloaded_bytes=stats.downloaded_bytes,
-            active_downloads=len(daemon.node.downloads),
+            active_downloads=len(self._downloads),
             uptime_seconds=time.monotonic() - stats.started_at,
-            data_dir=str(daemon.config.data_dir),
+            data_dir=str(node.config.data_dir),
         )

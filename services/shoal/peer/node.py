@@ -1,22 +1,17 @@
-"""The state one peer process shares between its servers, downloads and announcer."""
+"""What one peer knows of others (holders heard of, and when), its identity, caps and counters."""
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import random
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
 
 from shoal.config import PeerConfig
-from shoal.peer.superseed import SuperSeeder
 from shoal.ratelimit import TokenBucket
 from shoal.store import Store
 from shoal.v1 import common_pb2
-
-if TYPE_CHECKING:
-    from shoal.peer.swarm import Download
 
 logger = logging.getLogger(__name__)
 
@@ -55,9 +50,16 @@ class Observer:
 
 
 class Node:
-    """One peer's shared state: identity, store, caps, counters and what it knows of each swarm."""
+    """One peer's identity, store, caps and counters, and what it knows of each swarm (no downloads)."""
 
-    def __init__(self, config: PeerConfig, store: Store, peer_id: str, advertise: str) -> None:
+    def __init__(
+        self,
+        config: PeerConfig,
+        store: Store,
+        peer_id: str,
+        advertise: str,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         self.config = config
         self.store = store
         self.info = common_pb2.PeerInfo(peer_id=peer_id, address=advertise, zone=config.zone)
@@ -65,12 +67,9 @@ class Node:
         self.observer = Observer()
         self.upload_bucket = TokenBucket(config.upload_limit)
         self.download_bucket = TokenBucket(config.download_limit)
-        self.downloads: dict[str, Download] = {}
         self.known: dict[str, dict[str, common_pb2.PeerInfo]] = {}
         self.heard: dict[str, dict[str, float]] = {}  # file id -> peer id -> when last heard of directly
-        self.superseeders: dict[str, SuperSeeder] = {}
-        self.announce_now = asyncio.Event()
-        self.draining = False
+        self._clock = clock
 
     @property
     def peer_id(self) -> str:
@@ -87,7 +86,7 @@ class Node:
         """
         known = self.known.setdefault(file_id, {})
         heard = self.heard.setdefault(file_id, {})
-        now = time.monotonic()
+        now = self._clock()
         fresh = []
         for peer in peers:
             if not peer.peer_id or not peer.address or peer.peer_id == self.peer_id:
@@ -102,9 +101,6 @@ class Node:
             oldest = min(known, key=lambda peer_id: heard.get(peer_id, 0.0))
             known.pop(oldest)
             heard.pop(oldest, None)
-        download = self.downloads.get(file_id)
-        if download is not None and fresh:
-            download.add_sources(fresh)
         return fresh
 
     def forget(self, file_id: str, peer_id: str) -> None:
@@ -115,11 +111,11 @@ class Node:
     def touch(self, file_id: str, peer_id: str) -> None:
         """We just heard from this holder."""
         if peer_id in self.known.get(file_id, {}):
-            self.heard.setdefault(file_id, {})[peer_id] = time.monotonic()
+            self.heard.setdefault(file_id, {})[peer_id] = self._clock()
 
     def sample_known(self, file_id: str, limit: int = 50) -> list[common_pb2.PeerInfo]:
         """A random sample of known holders to pass on (peer exchange)."""
         heard = self.heard.get(file_id, {})
-        cutoff = time.monotonic() - PEX_FRESH_SECONDS
+        cutoff = self._clock() - PEX_FRESH_SECONDS
         peers = [p for p in self.known.get(file_id, {}).values() if heard.get(p.peer_id, 0.0) >= cutoff]
         return random.sample(peers, min(limit, len(peers)))

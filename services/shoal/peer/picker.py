@@ -48,12 +48,6 @@ class Picker:
                         self.availability[position * 8 + bit] += delta
         self._bits[source] = bits
 
-    def add_chunk(self, source: str, index: int) -> None:
-        """Record that a source now holds one more chunk."""
-        bits = self._bits.setdefault(source, Bitfield(self.size))
-        if bits.set(index):
-            self.availability[index] += 1
-
     def drop_chunk(self, source: str, index: int) -> None:
         """Record that a source does not hold a chunk after all (it said NOT_FOUND)."""
         bits = self._bits.get(source)
@@ -71,11 +65,6 @@ class Picker:
             self.inflight[index].discard(source)
             if not self.inflight[index]:
                 del self.inflight[index]
-
-    def holds(self, source: str, index: int) -> bool:
-        """True if the source is known to hold the chunk."""
-        bits = self._bits.get(source)
-        return bits is not None and index in bits
 
     def useful(self, source: str) -> bool:
         """True if the source holds any chunk we still miss."""

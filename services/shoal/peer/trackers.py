@@ -8,25 +8,22 @@ import logging
 import random
 import socket
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
 from typing import TypeVar
 
 import grpc
 
 from shoal import net
 from shoal.peer.credentials import TrackerSecrets
-from shoal.peer.node import Node
-from shoal.v1 import tracker_pb2, tracker_pb2_grpc
+from shoal.peer.errors import TrackersUnavailable
+from shoal.store import Entry
+from shoal.v1 import common_pb2, tracker_pb2, tracker_pb2_grpc
 
 logger = logging.getLogger(__name__)
 
 T = TypeVar("T")
 
 MERGE_GRACE = 0.25  # seconds other replicas get to join a merged answer once one has answered
-
-
-class TrackersUnavailable(Exception):
-    """No tracker replica answered."""
 
 
 class _Replica:
@@ -57,16 +54,37 @@ async def resolve(spec: str) -> list[str]:
     return sorted(set(addresses))
 
 
-class TrackerClient:
-    """Keeps a lease at every tracker replica and answers queries with failover across them."""
+def held_files(entries: Iterable[Entry]) -> list[tracker_pb2.HeldFile]:
+    """What to announce: every complete file, and every partial one with at least a chunk to serve."""
+    return [
+        tracker_pb2.HeldFile(file=entry.info, complete=entry.complete)
+        for entry in entries
+        if entry.complete or entry.have.count
+    ]
 
-    def __init__(self, node: Node, specs: tuple[str, ...], refresh_seconds: float = 30.0) -> None:
-        self._node = node
+
+class TrackerClient:
+    """Keeps a lease at every tracker replica and answers queries with failover across them.
+
+    It owns the "announce now" signal: whoever changes what this peer holds calls `announce_soon`.
+    """
+
+    def __init__(
+        self,
+        me: common_pb2.PeerInfo,
+        holdings: Callable[[], list[tracker_pb2.HeldFile]],
+        specs: tuple[str, ...],
+        secrets: TrackerSecrets,
+        refresh_seconds: float = 30.0,
+    ) -> None:
+        self._me = me
+        self._holdings = holdings
+        self._announce_now = asyncio.Event()
         self._specs = specs
         self._refresh = refresh_seconds
         self._replicas: dict[str, _Replica] = {}
         self.interval = 3.0
-        self.secrets = TrackerSecrets(node.store.root)
+        self.secrets = secrets
 
     @property
     def addresses(self) -> list[str]:
@@ -100,12 +118,12 @@ class TrackerClient:
                 gone.in_flight.cancel()
             await gone.channel.close(None)
 
+    def announce_soon(self) -> None:
+        """What this peer holds changed: announce to every replica now rather than at the next interval."""
+        self._announce_now.set()
+
     def _announcement(self) -> tracker_pb2.AnnounceRequest:
-        files = []
-        for entry in self._node.store.entries():
-            if entry.complete or entry.have.count:
-                files.append(tracker_pb2.HeldFile(file=entry.info, complete=entry.complete))
-        return tracker_pb2.AnnounceRequest(peer=self._node.info, files=files)
+        return tracker_pb2.AnnounceRequest(peer=self._me, files=self._holdings())
 
     async def _announce_one(self, replica: _Replica, request: tracker_pb2.AnnounceRequest) -> None:
         request = await self.secrets.announcement(request, replica.address)
@@ -165,14 +183,14 @@ class TrackerClient:
             if now - last_refresh >= self._refresh or not self._replicas:
                 await self.refresh()
                 last_refresh = now
-            force = self._node.announce_now.is_set()
-            self._node.announce_now.clear()
+            force = self._announce_now.is_set()
+            self._announce_now.clear()
             await self.announce_all(force=force)
             wake = min((r.next_announce for r in self._replicas.values()), default=now + 1.0)
             # Capped so a replica whose announce just finished is rescheduled promptly.
             timeout = min(0.25, max(0.05, wake - time.monotonic()))
             try:
-                await asyncio.wait_for(self._node.announce_now.wait(), timeout)
+                await asyncio.wait_for(self._announce_now.wait(), timeout)
             except TimeoutError:
                 pass
 
@@ -181,7 +199,7 @@ class TrackerClient:
 
         async def one(replica: _Replica) -> None:
             try:
-                await replica.stub.Leave(self.secrets.leave_request(self._node.peer_id, replica.address), timeout=1.0)
+                await replica.stub.Leave(self.secrets.leave_request(self._me.peer_id, replica.address), timeout=1.0)
             except grpc.aio.AioRpcError as err:
                 logger.info("leave to %s failed: %s", replica.address, err.code().name)
 
@@ -249,7 +267,7 @@ class TrackerClient:
 
     async def holders(self, file_id: str, limit: int = 0) -> list[tracker_pb2.Holder]:
         """Holders of a file, the union over every replica that answers."""
-        request = tracker_pb2.GetPeersRequest(file_id=file_id, limit=limit, exclude_peer_id=self._node.peer_id)
+        request = tracker_pb2.GetPeersRequest(file_id=file_id, limit=limit, exclude_peer_id=self._me.peer_id)
         answers = await self._ask_all(lambda stub: stub.GetPeers(request, timeout=net.TRACKER_DEADLINE))
         merged: dict[str, tracker_pb2.Holder] = {}
         for answer in answers:

@@ -1,0 +1,114 @@
+"""The outbound client to other peers: fetch_manifest, fetch_chunk, exchange_with, over pooled channels.
+
+This is the one place that knows gRPC status codes on the fetching side: every failure leaves here as
+a domain error from `peer.errors`, so the download engine never imports grpc.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import grpc
+
+from shoal import content, net
+from shoal.peer import wire
+from shoal.peer.errors import Busy, Lied, LinkError, NotHeld, Unreachable
+from shoal.v1 import common_pb2, peer_pb2, peer_pb2_grpc
+
+logger = logging.getLogger(__name__)
+
+# What each status means coming from a peer; anything else (UNAVAILABLE, DEADLINE_EXCEEDED, DATA_LOSS,
+# INTERNAL, ...) is Unreachable: it did not deliver, and nothing says it lied.
+_ERRORS: dict[grpc.StatusCode, type[LinkError]] = {
+    grpc.StatusCode.RESOURCE_EXHAUSTED: Busy,
+    grpc.StatusCode.NOT_FOUND: NotHeld,
+    grpc.StatusCode.INVALID_ARGUMENT: Lied,  # we only send valid requests
+    grpc.StatusCode.OUT_OF_RANGE: Lied,
+}
+
+
+def error_for(err: grpc.aio.AioRpcError) -> LinkError:
+    """The domain error a gRPC status from a peer stands for (its message is the code's name)."""
+    return _ERRORS.get(err.code(), Unreachable)(err.code().name)
+
+
+def read_chunk_reply(raw: bytes) -> wire.ChunkReply:
+    """Parse a GetChunk reply in place; a reply no honest peer could send raises Lied."""
+    if len(raw) > net.MAX_MESSAGE_BYTES:
+        raise Lied(f"a {len(raw)}-byte reply, larger than any chunk")
+    try:
+        return wire.decode(raw)
+    except wire.WireError as err:
+        raise Lied(f"malformed chunk reply: {err}") from err
+
+
+class PeerLink:
+    """One pooled channel to another peer."""
+
+    def __init__(self, address: str) -> None:
+        self.address = address
+        self.channel = net.open_channel(address, max_receive=net.MAX_REPLY_BYTES)
+        self.stub = peer_pb2_grpc.PeerStub(self.channel)
+        # No deserializer: the raw bytes come back, parsed in place by read_chunk_reply.
+        self._get_chunk = self.channel.unary_unary(
+            wire.GET_CHUNK, request_serializer=peer_pb2.GetChunkRequest.SerializeToString, response_deserializer=None
+        )
+
+    async def fetch_manifest(self, file_id: str) -> common_pb2.Manifest:
+        """Fetch a manifest and check it against the id (raises Lied if it does not match)."""
+        try:
+            reply = await self.stub.GetManifest(
+                peer_pb2.GetManifestRequest(file_id=file_id), timeout=net.MANIFEST_DEADLINE
+            )
+        except grpc.aio.AioRpcError as err:
+            raise error_for(err) from err
+        try:
+            content.validate_manifest(reply.manifest, file_id)
+        except content.ContentError as err:
+            raise Lied(str(err)) from err
+        return reply.manifest
+
+    async def fetch_chunk(self, file_id: str, index: int, peer_id: str, timeout: float) -> wire.ChunkReply:
+        """Fetch one chunk's bytes (unverified: the caller checks them), as a view into the reply."""
+        request = peer_pb2.GetChunkRequest(file_id=file_id, index=index, peer_id=peer_id)
+        try:
+            raw: bytes = await self._get_chunk(request, timeout=timeout)
+        except grpc.aio.AioRpcError as err:
+            raise error_for(err) from err
+        return read_chunk_reply(raw)
+
+    async def exchange_with(
+        self, file_id: str, me: common_pb2.PeerInfo, bitfield: bytes, known: list[common_pb2.PeerInfo]
+    ) -> peer_pb2.ExchangeResponse:
+        """Swap bitfields and known holders."""
+        request = peer_pb2.ExchangeRequest(file_id=file_id, peer=me, bitfield=bitfield, known=known)
+        try:
+            return await self.stub.Exchange(request, timeout=net.EXCHANGE_DEADLINE)
+        except grpc.aio.AioRpcError as err:
+            raise error_for(err) from err
+
+
+class LinkPool:
+    """Channels to other peers, one per address, reused across downloads."""
+
+    def __init__(self) -> None:
+        self._links: dict[str, PeerLink] = {}
+
+    def link(self, address: str) -> PeerLink:
+        """The pooled link to an address."""
+        link = self._links.get(address)
+        if link is None:
+            link = self._links[address] = PeerLink(address)
+        return link
+
+    async def drop(self, address: str) -> None:
+        """Close the channel to a peer found dead, so the next use reconnects afresh."""
+        link = self._links.pop(address, None)
+        if link is not None:
+            await link.channel.close(None)
+
+    async def close(self) -> None:
+        """Close every channel."""
+        for link in self._links.values():
+            await link.channel.close(None)
+        self._links.clear()
