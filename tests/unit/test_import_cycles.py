@@ -24,8 +24,9 @@ def import_graph() -> dict[str, set[str]]:
             if isinstance(node, ast.Import):
                 targets.update(alias.name for alias in node.names)
             elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
-                targets.add(node.module)
-                targets.update(f"{node.module}.{alias.name}" for alias in node.names)
+                submodules = {f"{node.module}.{alias.name}" for alias in node.names} & modules.keys()
+                # `from pkg import submodule` names the submodule; the package's __init__ runs first anyway.
+                targets.update(submodules or {node.module})
         graph[name] = {t for t in targets if t in modules and t != name}
     return graph
 
