@@ -17,6 +17,7 @@ import json
 import os
 import re
 import select
+import shlex
 import shutil
 import subprocess
 import tempfile
@@ -164,8 +165,10 @@ class Aria2Swarm:
 
     def launch(self, leechers: list[str], torrent: Path) -> None:
         """Start every leecher at once; each reports its finish through the FIFO."""
-        hook = f"#!/bin/sh\n# aria2 calls it with GID, file count, path.\nprintf '%s\\n' \"$3\" > {self.fifo}\n"
-        self.hook.write_text(hook)
+        fifo = shlex.quote(str(self.fifo))
+        self.hook.write_text(
+            f"#!/bin/sh\n# aria2 calls it with GID, file count, path.\nprintf '%s\\n' \"$3\" > {fifo}\n"
+        )
         self.hook.chmod(0o755)
         for name in leechers:
             (self.work / "out" / name).mkdir(parents=True)
@@ -189,8 +192,12 @@ class Aria2Swarm:
                 *lines, pending = pending.split(b"\n")
                 for line in lines:
                     ends.setdefault(Path(line.decode()).parent.name, now)
-            self.procs.check("seeder")
+            seeder = self.procs.running["seeder"].poll()
             for name in leechers:
+                if seeder is not None and name not in ends:
+                    failed.setdefault(
+                        name, f"the aria2 seeder exited with code {seeder}\n{self.procs.tail('seeder', 6)}"
+                    )
                 code = self.procs.running[name].poll()
                 if name not in ends and name not in failed and code is not None:
                     failed[name] = f"aria2c exited with code {code}\n{self.procs.tail(name, 6)}"
