@@ -12,7 +12,15 @@ Modes:
                serve at 1 byte/s, i.e. not at all (u_i ~ 0, so T_min = N*F/u_s). Their peers still send them
                requests, which hang until Shoal gives up on them: a contrast, not a tuned baseline.
 
-Targets: T/T_min <= 1.25 at N = 16 and the seeder uploads at most 2*F (sharing mode). The figures are the
+Reference (--reference aria2, the default): after each sharing row, the same hosts, caps and file run aria2
+(bench/aria2.py: opentracker, mktorrent -l 18, one seeding and N leeching aria2c), so every sharing row has its
+reference from the same run. For both tools the bench counts client CPU over T: every process of the tool (Shoal:
+the peer daemons and the `shoal get`s; aria2: every aria2c) runs in a per-run cgroup v2 group (bench/cgroup.py),
+whose cpu.stat counts exited processes and children too; without one, /proc/PID/stat plus reaped children.
+CPU-s per GB = that CPU / (N*F / 10^9), the bytes delivered.
+
+Targets: T/T_min <= 1.25 at N = 16 and the seeder uploads at most 2*F (sharing mode); against aria2 in the same
+run (issue 11): T/T_min below aria2's and client CPU-s per GB at most 2x aria2's, at N = 16. The figures are the
 point, so a missed target still exits 0; a broken run (a get that failed, a copy that did not verify) is
 reported in the table, the other runs go on, and the bench exits 1. Needs root. Data dirs live under
 --workdir (default /tmp) and are removed afterwards.
@@ -24,35 +32,31 @@ import argparse
 import hashlib
 import json
 import os
-import resource
 import shlex
 import shutil
 import signal
 import subprocess
 import sys
 import tempfile
-import threading
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
 from pathlib import Path
 from types import FrameType
 from typing import Any
 
+from bench import aria2
+from bench.cgroup import CpuGroup
 from bench.netns import Host, Lab, LabError, netns_pids, pid_alive, require_root
 from bench.pair import BenchError, Procs, parse_size, run_cmd, sha256_file, wait_for, write_random_file
+from bench.swarm_measure import MB, Meter, Result, kumar_ross
+from bench.swarm_report import report, write_json
 
-MB = 1_000_000
 MIB = 2**20
 TRACKER_PORT = 7400
 PEER_PORT = 7401
-RATIO_TARGET = 1.25
-SEEDER_TARGET = 2.0
-TARGET_N = 16
-SAMPLE_EVERY = 0.5
 WORK_PREFIX = "shoal-swarm-"
 NO_SHARING_FLAGS = ["--upload-slots", "1", "--upload-limit", "1"]
-CLK_TCK = os.sysconf("SC_CLK_TCK")
 SHOAL = str(Path(sys.executable).parent.absolute() / "shoal")
 
 
@@ -66,115 +70,15 @@ def revision() -> str:
     return f"{done.stdout.decode().strip() or 'unknown commit'} (sources {digest.hexdigest()[:12]})"
 
 
-def kumar_ross(n: int, size: float, u_s: float, uploads: list[float], d_min: float = float("inf")) -> float:
-    """Minimum distribution time of a file of `size` bytes to n peers (Kumar & Ross 2006, fluid model)."""
-    return max(size / u_s, size / d_min, n * size / (u_s + sum(uploads)))
-
-
-def cpu_seconds(pids: list[int]) -> float:
-    """utime + stime of processes (all their threads) from /proc/PID/stat; gone processes count 0."""
-    total = 0
-    for pid in pids:
-        try:
-            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-        except (FileNotFoundError, ProcessLookupError):
-            continue
-        total += int(fields[11]) + int(fields[12])  # stat fields 14 and 15
-    return total / CLK_TCK
-
-
-def host_busy() -> tuple[float, float]:
-    """(busy, total) jiffies of the whole machine from /proc/stat: other people's load shows up here."""
-    values = [int(v) for v in Path("/proc/stat").read_text().splitlines()[0].split()[1:]]
-    idle = values[3] + values[4]
-    return float(sum(values) - idle), float(sum(values))
-
-
-def children_cpu() -> float:
-    """CPU seconds of reaped children (the `shoal get` clients)."""
-    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
-    return usage.ru_utime + usage.ru_stime
-
-
-@dataclass
-class Result:
-    """One run: N leechers fetching one file."""
-
-    mode: str
-    n: int
-    size: int
-    cap: float
-    seconds: float  # launch of the gets -> last get exited
-    swarm_seconds: float  # first download started in a daemon -> last finished (no CLI start-up)
-    first: float
-    bound: float
-    seeder_up: int
-    leechers_up: int
-    leechers_down: int
-    verified: int
-    peer_cpu: float
-    client_cpu: float
-    busy_cores: float
-    load: str
-    uplink: dict[str, int] = field(default_factory=dict)  # bytes on the wire per host during the run
-    from_partial: int = 0  # bytes leechers got from peers that were still downloading
-    failed: dict[str, str] = field(default_factory=dict)  # leechers whose `shoal get` failed, with the error
-
-    @property
-    def ok(self) -> bool:
-        """Every get succeeded and every copy verified."""
-        return not self.failed and self.verified == self.n
-
-    @property
-    def ratio(self) -> float:
-        return self.seconds / self.bound
-
-    def util(self, label: str) -> float:
-        return self.uplink.get(label, 0) / (self.cap * self.seconds)
-
-
-class Meter:
-    """Peer CPU, machine-wide busy cores and per-host uplink bytes (sampled) between start() and stop()."""
-
-    def __init__(self, lab: Lab, pids: list[int]) -> None:
-        self.lab, self.pids = lab, pids
-        self.samples: list[tuple[float, dict[str, int]]] = []
-        self.peer_cpu = self.client_cpu = self.busy_cores = 0.0
-        self._cpu, self._busy, self._child = 0.0, (0.0, 0.0), 0.0
-        self._done = threading.Event()
-        self._thread = threading.Thread(target=self._sample, daemon=True)
-
-    def _sample(self) -> None:
-        while True:
-            self.samples.append((time.perf_counter(), self.lab.uplink_bytes()))
-            if self._done.wait(SAMPLE_EVERY):
-                self.samples.append((time.perf_counter(), self.lab.uplink_bytes()))
-                return
-
-    def start(self) -> None:
-        self._cpu, self._busy, self._child = cpu_seconds(self.pids), host_busy(), children_cpu()
-        self._thread.start()
-
-    def stop(self) -> None:
-        self.peer_cpu = cpu_seconds(self.pids) - self._cpu
-        busy, total = host_busy()
-        self.busy_cores = (busy - self._busy[0]) / max(1.0, total - self._busy[1]) * (os.cpu_count() or 1)
-        self._done.set()
-        self._thread.join()
-        self.client_cpu = children_cpu() - self._child
-
-    @property
-    def uplink(self) -> dict[str, int]:
-        """Bytes each host sent between the first and the last sample."""
-        (_, first), (_, last) = self.samples[0], self.samples[-1]
-        return {label: last[label] - first[label] for label in last}
-
-
 class Swarm:
     """Tracker, seeder and leechers of one run, each started inside its host's namespace."""
 
-    def __init__(self, hosts: dict[str, Host], work: Path, procs: Procs, args: argparse.Namespace) -> None:
+    def __init__(
+        self, hosts: dict[str, Host], work: Path, procs: Procs, args: argparse.Namespace, group: CpuGroup | None
+    ) -> None:
         self.hosts, self.work, self.procs = hosts, work, procs
+        # The peers and the `shoal get`s run inside the run's CPU group (when there is one).
+        self.wrap: Callable[[list[str]], list[str]] = group.wrap if group else list
         self.exe, self.peer_args, self.timeout = args.shoal, args.peer_args, args.timeout
         self.log = work / "logs" / "clients.log"
         self.tracker = f"{hosts['tracker'].ip}:{TRACKER_PORT}"
@@ -191,7 +95,7 @@ class Swarm:
             (self.work / name).mkdir()
             flags = ["--listen", f"{host.ip}:{PEER_PORT}", "--tracker", self.tracker, "--data-dir"]
             flags += [str(self.work / name), *self.peer_args, *(leecher_flags if name != "seeder" else [])]
-            self.procs.start(name, host.argv([self.exe, "peer", *flags]))
+            self.procs.start(name, self.wrap(host.argv([self.exe, "peer", *flags])))
         with ThreadPoolExecutor(len(leechers) + 1) as pool:
             list(pool.map(self.wait_ready, ["seeder", *leechers]))
 
@@ -237,7 +141,7 @@ class Swarm:
         """Launch one `shoal get` per leecher at the same moment; return exit times, JSON answers and failures."""
         gets = {
             name: subprocess.Popen(
-                self.shoal(name, "--json", "get", file_id, "--output", str(out / name)),
+                self.wrap(self.shoal(name, "--json", "get", file_id, "--output", str(out / name))),
                 stdin=subprocess.DEVNULL,
                 stdout=subprocess.PIPE,
                 stderr=subprocess.PIPE,
@@ -279,7 +183,8 @@ def run_once(lab: Lab, hosts: dict[str, Host], args: argparse.Namespace, mode: s
     (run_dir / "logs").mkdir()
     (run_dir / "out").mkdir()
     procs = Procs(run_dir / "logs")
-    swarm = Swarm(hosts, run_dir, procs, args)
+    group = CpuGroup.create("shoal") if args.cgroup else None
+    swarm = Swarm(hosts, run_dir, procs, args, group)
     leechers = [f"l{i}" for i in range(n)]
     keep_dir = args.keep_logs / f"{mode}-n{n}" if args.keep_logs else None
     try:
@@ -287,7 +192,8 @@ def run_once(lab: Lab, hosts: dict[str, Host], args: argparse.Namespace, mode: s
         file_id = swarm.put(args.source, args.chunk_size, leechers[0])
         bound = kumar_ross(n, args.size, args.cap, [0.0 if mode == "seeder-only" else args.cap] * n)
         os.sync()  # no writeback of the setup's files pending during the timed part
-        meter = Meter(lab, [pid for name in ["seeder", *leechers] for pid in netns_pids(hosts[name].netns)])
+        names = ["seeder", *leechers]
+        meter = Meter(lab, lambda: [pid for name in names for pid in netns_pids(hosts[name].netns)], group)
         load = Path("/proc/loadavg").read_text().split()[0]
         print(f"{mode} N={n}: launching {n} gets at once (T_min {bound:.2f} s, load {load}) ...", flush=True)
         meter.start()
@@ -314,6 +220,8 @@ def run_once(lab: Lab, hosts: dict[str, Host], args: argparse.Namespace, mode: s
             client_cpu=meter.client_cpu,
             busy_cores=meter.busy_cores,
             load=load,
+            cpu=meter.cpu,
+            cpu_source=meter.cpu_source,
             uplink=meter.uplink,
             from_partial=sum(int(a["sources"]["from_partial_bytes"]) for a in answers.values()),
         )
@@ -332,6 +240,8 @@ def run_once(lab: Lab, hosts: dict[str, Host], args: argparse.Namespace, mode: s
         raise
     finally:
         procs.stop_all()
+        if group:
+            group.remove()
         shutil.rmtree(run_dir, ignore_errors=True)
 
 
@@ -348,7 +258,8 @@ def describe(r: Result, leechers: list[str]) -> None:
         f"waste {(r.seeder_up + r.leechers_up - r.leechers_down) / f:.2f} F\n"
         f"  uplink use over T: seeder {r.util('seeder'):.0%}, leechers median {utils[len(utils) // 2]:.0%} "
         f"(min {utils[0]:.0%}, max {utils[-1]:.0%})\n"
-        f"  CPU: peers {r.peer_cpu:.1f} s ({r.peer_cpu / r.seconds:.2f} cores), get clients {r.client_cpu:.1f} s, "
+        f"  CPU: peers {r.peer_cpu:.1f} s ({r.peer_cpu / r.seconds:.2f} cores), get clients {r.client_cpu:.1f} s; "
+        f"all clients {r.cpu:.1f} s = {r.cpu_per_gb:.1f} CPU-s per GB ({r.cpu_source}); "
         f"machine busy {r.busy_cores:.2f} of {os.cpu_count()} cores; load before {r.load}",
         flush=True,
     )
@@ -365,29 +276,6 @@ def keep(dest: Path, run_dir: Path, samples: list[tuple[float, dict[str, int]]],
     (dest / "results.json").write_text(json.dumps(list(extra), indent=2, sort_keys=True))
 
 
-def report(results: list[Result]) -> None:
-    print()
-    head = f"{'mode':<12} {'N':>3} {'F MiB':>6} {'cap MB/s':>8} {'T s':>7} {'T_min s':>7} {'T/T_min':>7} "
-    print(head + f"{'seeder up':>9} {'peer CPU':>8} {'busy':>5} {'load':>5}  verified")
-    for r in results:
-        print(
-            f"{r.mode:<12} {r.n:>3} {r.size / MIB:>6.0f} {r.cap / MB:>8.1f} {r.seconds:>7.2f} {r.bound:>7.2f} "
-            f"{r.ratio:>7.2f} {r.seeder_up / r.size:>8.2f}F {r.peer_cpu / r.seconds:>8.2f} {r.busy_cores:>5.2f} "
-            f"{r.load:>5}  {r.verified}/{r.n}{'' if r.ok else f' BROKEN ({len(r.failed)} gets failed)'}"
-        )
-    print("(T: launch of all gets to the last exit; peer CPU and busy in cores; load: 1-min load average before)")
-    sharing = [r for r in results if r.mode == "sharing"]
-    if not sharing:
-        return
-    at = [r for r in sharing if r.n == TARGET_N] or [max(sharing, key=lambda r: r.n)]
-    for r in at:
-        ok = "PASS" if r.ok and r.ratio <= RATIO_TARGET else "FAIL"
-        print(f"{ok} ratio: T/T_min {r.ratio:.2f} at N = {r.n} (target <= {RATIO_TARGET})")
-    worst = max(sharing, key=lambda r: r.seeder_up)
-    ok = "PASS" if worst.seeder_up <= SEEDER_TARGET * worst.size else "FAIL"
-    print(f"{ok} seeder upload: at most {worst.seeder_up / worst.size:.2f} F (N = {worst.n}; target <= 2 F)")
-
-
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--n", default="4,8,16", help="leecher counts, comma-separated (default 4,8,16)")
@@ -400,6 +288,16 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--subnet", default="10.77.0.0/24", help="private test subnet (default 10.77.0.0/24)")
     parser.add_argument("--timeout", type=float, default=900.0, help="seconds allowed per command (default 900)")
     parser.add_argument("--shoal", default=SHOAL, help="shoal executable (default: the venv's)")
+    parser.add_argument(
+        "--reference",
+        choices=["aria2", "none"],
+        default="aria2",
+        help="after each sharing row, run aria2 on the same hosts, caps and file (default aria2)",
+    )
+    parser.add_argument("--json", type=Path, default=None, help="also write every row and the ratios here")
+    parser.add_argument(
+        "--no-cgroup", dest="cgroup", action="store_false", help="count CPU from /proc/PID/stat, not a cgroup"
+    )
     parser.add_argument(
         "--peer-args", type=shlex.split, default=[], help='extra flags for every `shoal peer`, e.g. "--max-peers 8"'
     )
@@ -437,6 +335,10 @@ def main(argv: list[str] | None = None) -> int:
     if not os.access(args.shoal, os.X_OK):
         print(f"error: {args.shoal} is not executable (make venv)", file=sys.stderr)
         return 2
+    missing = aria2.missing_tools() if args.reference == "aria2" else []
+    if missing:
+        print(f"error: the aria2 reference needs {' '.join(missing)} (make system-deps)", file=sys.stderr)
+        return 2
     for sig in (signal.SIGTERM, signal.SIGHUP):
         signal.signal(sig, on_signal)
     sweep_workdirs(args.workdir or Path(tempfile.gettempdir()))
@@ -453,11 +355,19 @@ def main(argv: list[str] | None = None) -> int:
         args.source = args.work / "file"
         args.digest = write_random_file(args.source, args.size)
         args.chunk_size = args.chunk_size or 0
-        results = [run_once(lab, hosts, args, mode, n) for mode in args.modes for n in args.ns]
+        results = []
+        for mode in args.modes:
+            for n in args.ns:
+                results.append(run_once(lab, hosts, args, mode, n))
+                if mode == "sharing" and args.reference == "aria2":
+                    results.append(aria2.run_aria2(lab, hosts, args, n))
         report(results)
+        if args.json:
+            write_json(args.json, results, code)
+            print(f"wrote {args.json}")
         if revision() != code:
             print(f"WARNING: services/shoal changed during the bench ({code} -> {revision()}): runs mixed versions")
-        broken = [f"{r.mode} N={r.n}" for r in results if not r.ok]
+        broken = [f"{r.tool} {r.mode} N={r.n}" for r in results if not r.ok]
         if broken:
             print(f"\nBROKEN: gets failed or copies did not verify in {', '.join(broken)}", file=sys.stderr)
             return 1

@@ -3,7 +3,8 @@
 #
 # iproute2/iptables: fault-injection suite (network namespaces); curl + nginx-light: bench/pair.py
 # baseline and the HTTP origin of tests/origins; prometheus: the metrics suite (/usr/bin/prometheus,
-# /usr/bin/promtool); docker-registry + openssl: the OCI origin and the HTTPS certificate of tests/origins.
+# /usr/bin/promtool); docker-registry + openssl: the OCI origin and the HTTPS certificate of tests/origins;
+# aria2 + mktorrent + opentracker: the reference client, torrent maker and tracker of bench/swarm.py (bench/aria2.py).
 # Nothing is left running: daemons are started by the tests and benches themselves, as subprocesses.
 set -euo pipefail
 
@@ -19,6 +20,9 @@ wanted=(
   "prometheus:/usr/bin/promtool"
   "docker-registry:/usr/bin/docker-registry"
   "openssl:/usr/bin/openssl"
+  "aria2:/usr/bin/aria2c"
+  "mktorrent:/usr/bin/mktorrent"
+  "opentracker:/usr/bin/opentracker"
 )
 
 missing=()
@@ -32,14 +36,15 @@ for pair in "${wanted[@]}"; do
 done
 
 if [[ ${#missing[@]} -eq 0 ]]; then
-  echo "system-deps: all present (ip, iptables, curl, nginx, prometheus, promtool, docker-registry, openssl)"
+  echo "system-deps: all present (ip, iptables, curl, nginx, prometheus, promtool, docker-registry, openssl, aria2c," \
+    "mktorrent, opentracker)"
   exit 0
 fi
 
 echo "system-deps: installing ${missing[*]}"
 start=${SECONDS}
 
-# Keep maintainer scripts from starting nginx/prometheus as system services: a policy-rc.d that
+# Keep maintainer scripts from starting nginx/prometheus/opentracker as system services: a policy-rc.d that
 # denies every start (exit 101), removed afterwards unless one was already there.
 policy=/usr/sbin/policy-rc.d
 own_policy=0
@@ -60,7 +65,7 @@ apt_opts=(-o DPkg::Lock::Timeout=300 -o Dpkg::Options::=--force-confdef -o Dpkg:
 
 # Belt and braces: if a service did start anyway (e.g. systemd ignoring policy-rc.d), stop it and
 # keep it from starting at boot.
-for svc in nginx prometheus docker-registry; do
+for svc in nginx prometheus docker-registry opentracker; do
   if [[ -e /etc/init.d/${svc} ]] && "${SUDO[@]}" service "${svc}" status >/dev/null 2>&1; then
     echo "system-deps: stopping the ${svc} system service"
     "${SUDO[@]}" service "${svc}" stop || true
