@@ -54,11 +54,12 @@ async def run(args: argparse.Namespace) -> int:
     check_locally(args)
     if not args.peer:
         raise CliError("no daemon given: pass --peer ADDR or set SHOAL_PEER", EXIT_USAGE)
+    credentials = _credentials(args)
     try:
         channel = grpc.aio.insecure_channel(
             args.peer,
             options=net.CHANNEL_OPTIONS,
-            interceptors=[_Credentials(_credentials(args))],  # type: ignore[list-item]
+            interceptors=[_UnaryCredentials(credentials), _StreamCredentials(credentials)],  # type: ignore[list-item]
         )
     except (ValueError, RuntimeError):
         raise _unreachable(args.peer) from None
@@ -89,24 +90,28 @@ def _credentials(args: argparse.Namespace) -> Callable[[], list[tuple[str, str]]
     return lambda: [(access.TOKEN_HEADER, token)]
 
 
-class _Credentials(grpc.aio.UnaryUnaryClientInterceptor, grpc.aio.UnaryStreamClientInterceptor):  # type: ignore[misc]
-    """Adds the caller's credentials to every call."""
+class _Credentials:
+    """Adds the caller's credentials to every call (grpc.aio takes one interceptor object per call shape)."""
 
     def __init__(self, credentials: Callable[[], list[tuple[str, str]]]) -> None:
         self._credentials = credentials
 
-    def _with(self, details: Any) -> Any:
+    def with_credentials(self, details: Any) -> Any:
         extra = self._credentials()
         if not extra:
             return details
         metadata = [*(details.metadata or ()), *extra]
         return details._replace(metadata=grpc.aio.Metadata(*metadata))
 
-    async def intercept_unary_unary(self, continuation: Any, details: Any, request: Any) -> Any:
-        return await continuation(self._with(details), request)
 
+class _UnaryCredentials(_Credentials, grpc.aio.UnaryUnaryClientInterceptor):  # type: ignore[misc]
+    async def intercept_unary_unary(self, continuation: Any, details: Any, request: Any) -> Any:
+        return await continuation(self.with_credentials(details), request)
+
+
+class _StreamCredentials(_Credentials, grpc.aio.UnaryStreamClientInterceptor):  # type: ignore[misc]
     async def intercept_unary_stream(self, continuation: Any, details: Any, request: Any) -> Any:
-        return await continuation(self._with(details), request)
+        return await continuation(self.with_credentials(details), request)
 
 
 def _check_path_length(path: Path) -> None:

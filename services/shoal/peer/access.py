@@ -5,8 +5,9 @@ read from a 0600 file (whoever can read that file is trusted like the daemon's o
 socket the kernel knows the caller: gRPC does not expose SO_PEERCRED, so the CLI first connects to a
 small sibling socket (`<socket>.cred`), where the daemon reads the caller's uid and gid with SO_PEERCRED
 and hands back a one-time ticket, then sends that ticket with Put or Get. A caller who is the daemon's
-user or root may touch what the daemon may; anyone else (a --control-group member) has each path opened
-(Put) or checked for writing (Get) by a short-lived helper process running as them.
+user or root may touch what the daemon may; anyone else (a --control-group member) has each path checked
+for reading (Put) or writing (Get) by test(1) run as them through setpriv(1)
+(their uid, gid and groups).
 """
 
 from __future__ import annotations
@@ -19,9 +20,9 @@ import logging
 import os
 import pwd
 import secrets
+import shutil
 import socket
 import struct
-import sys
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -40,20 +41,8 @@ TICKET_TTL = 30.0
 MAX_TICKETS = 1024
 CHECK_TIMEOUT = 10.0
 
-# Run as the caller: exit 0 when the path may be read (Put) or written (Get), 1 when not.
-_CHECK = """
-import os, sys
-mode, path = sys.argv[1], sys.argv[2]
-try:
-    if mode == "read":
-        os.close(os.open(path, os.O_RDONLY | os.O_NONBLOCK))
-        sys.exit(0)
-    if os.path.lexists(path):
-        sys.exit(0 if os.access(path, os.W_OK, follow_symlinks=False) else 1)
-    sys.exit(0 if os.access(os.path.dirname(path), os.W_OK | os.X_OK) else 1)
-except OSError:
-    sys.exit(1)
-"""
+TEST = shutil.which("test") or "/usr/bin/test"  # run as the caller: access(2) with their uid and groups
+SETPRIV = shutil.which("setpriv") or "/usr/bin/setpriv"  # util-linux
 
 
 class Denied(Exception):
@@ -166,10 +155,18 @@ async def check_path(caller: Caller, path: Path, mode: str) -> None:
         groups = os.getgrouplist(name, caller.gid)
     except KeyError:
         groups = [caller.gid]
+    if mode == "read":
+        args = ["-r", str(path), "-a", "-f", str(path)]
+    elif os.path.lexists(path):
+        args = ["-w", str(path)]
+    else:
+        args = ["-w", str(path.parent), "-a", "-x", str(path.parent)]
+    # setpriv drops to the caller after exec: the daemon never forks with uid changes of its own
+    # (a plain fork of a process with gRPC threads can crash in gRPC's fork handlers).
+    ids = [f"--reuid={caller.uid}", f"--regid={caller.gid}", f"--groups={','.join(map(str, groups))}"]
     proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-I", "-S", "-c", _CHECK, mode, str(path),
-        user=caller.uid, group=caller.gid, extra_groups=groups, env={}, stdin=asyncio.subprocess.DEVNULL,
-        stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL,
+        SETPRIV, *ids, "--", TEST, *args,
+        env={}, stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL,
     )  # fmt: skip
     try:
         code = await asyncio.wait_for(proc.wait(), CHECK_TIMEOUT)
