@@ -144,10 +144,10 @@ class ControlServicer(control_pb2_grpc.ControlServicer):
         final.seconds = time.monotonic() - started
         yield final
 
-    async def _corrupt(self, entry: Entry) -> list[int]:
-        """Re-hash a copy that is not known-good; a bad one is dropped and withdrawn. The bad chunks."""
+    async def _corrupt(self, entry: Entry, *, always: bool = False) -> list[int]:
+        """Re-hash a copy that is not known-good (any copy, with `always`); a bad one is dropped and withdrawn."""
         store = self._node.store
-        if await asyncio.to_thread(store.known_good, entry):
+        if not always and await asyncio.to_thread(store.known_good, entry):
             return []
         bad = await asyncio.to_thread(store.verify, entry)
         if bad:
@@ -168,13 +168,9 @@ class ControlServicer(control_pb2_grpc.ControlServicer):
             await context.abort(grpc.StatusCode.NOT_FOUND, f"no complete copy of {file_id} here")
         assert entry is not None
         try:
-            bad = await asyncio.to_thread(self._node.store.verify, entry)
+            bad = await self._corrupt(entry, always=True)
         except StoreError as err:
             await _fail(context, err)
-        if bad:
-            logger.error("file %s changed on disk (%d bad chunks); dropping it from this peer", file_id, len(bad))
-            await asyncio.to_thread(self._node.store.remove, file_id)
-            self._trackers.announce_soon()
         return control_pb2.VerifyResponse(file=entry.info, ok=not bad, bad_chunks=bad[:100])
 
     @staticmethod

@@ -167,7 +167,12 @@ class PeerDaemon:
         gid = self._control_gid
         access.open_socket(path, gid)
         assert self._tickets is not None
-        self._ticket_server = await self._tickets.serve(path.with_name(path.name + ".cred"), gid)
+        try:
+            self._ticket_server = await self._tickets.serve(path.with_name(path.name + ".cred"), gid)
+        except OSError as err:  # e.g. a path too long for a unix socket
+            if gid is not None:
+                raise access.AccessError(f"cannot open the caller-credential socket next to {path}: {err}") from err
+            logger.warning("no caller-credential socket (%s); the 0600 control socket admits only this user", err)
         if gid is not None and path.parent == self.config.data_dir.resolve():
             os.chown(path.parent, -1, gid)
             os.chmod(path.parent, 0o710)
