@@ -100,6 +100,8 @@ def test_tcp_control_needs_its_token(swarm: LocalSwarm, tmp_path: Path) -> None:
 
     # The CLI reads the same file and is let in; nothing was published by the refused calls.
     env_cmd = ["--peer", control]
+    tokenless = subprocess.run(shoal_cmd(*env_cmd, "ls"), capture_output=True, text=True, timeout=60)
+    assert tokenless.returncode == 1 and "--control-token-file" in tokenless.stderr
     listing = subprocess.run(
         shoal_cmd(*env_cmd, "ls", "--control-token-file", str(token)), capture_output=True, text=True, timeout=60
     )
@@ -135,7 +137,9 @@ def test_peer_refuses_a_readable_token_file_or_none(swarm: LocalSwarm, tmp_path:
 def test_group_member_may_touch_only_its_own_paths(swarm: LocalSwarm, shared_dir: Path) -> None:
     socket_path = shared_dir / "control.sock"
     peer = swarm.start_peer("--control", f"unix:{socket_path}", "--control-group", "nogroup")
-    assert oct(socket_path.stat().st_mode & 0o777) == oct(0o660)
+    for path in (socket_path, shared_dir / "control.sock.cred"):
+        assert oct(path.stat().st_mode & 0o777) == oct(0o660)
+        assert path.stat().st_gid == NOBODY
     target = ["-m", "shoal.cli", "--peer", f"unix:{socket_path}"]
 
     secret = shared_dir / "root-only.txt"

@@ -71,6 +71,10 @@ async def run(args: argparse.Namespace) -> int:
         except grpc.aio.AioRpcError as err:
             if err.code() == grpc.StatusCode.DEADLINE_EXCEEDED:
                 raise CliError(f"the shoal daemon at {args.peer} did not answer in time", EXIT_UNREACHABLE) from None
+            if err.code() == grpc.StatusCode.UNAUTHENTICATED and not args.peer.startswith("unix:"):
+                raise CliError(
+                    f"{err.details()} (pass --control-token-file or set SHOAL_CONTROL_TOKEN_FILE)", EXIT_FAILURE
+                ) from None
             raise CliError(err.details() or err.code().name, _CODES.get(err.code(), EXIT_FAILURE)) from None
 
 
