@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import os
+import socket
+import struct
+import time
 from pathlib import Path
 
 import grpc
@@ -12,10 +15,13 @@ from helpers.files import make_file, sha256_of
 from helpers.polling import wait_until
 
 from shoal.localswarm import LocalSwarm, Proc
+from shoal.peer.daemon import MAX_STREAMS_PER_CONNECTION
 from shoal.v1 import common_pb2, peer_pb2, peer_pb2_grpc
 
 CHUNK = 64 * 1024
 SIZE = 16 * CHUNK
+SETTINGS, HEADERS, RST_STREAM = 4, 1, 3
+MAX_CONCURRENT_STREAMS, REFUSED_STREAM = 3, 7
 
 
 def call(peer: Proc, method: str, request: object) -> tuple[grpc.StatusCode, object]:
@@ -44,6 +50,35 @@ def corrupt(peer: Proc, file_id: str, index: int) -> None:
         byte = f.read(1)
         f.seek(index * CHUNK + 7)
         f.write(bytes([byte[0] ^ 0xFF]))
+
+
+def h2_frame(kind: int, flags: int, stream: int, payload: bytes = b"") -> bytes:
+    return struct.pack(">I", len(payload))[1:] + bytes([kind, flags]) + struct.pack(">I", stream) + payload
+
+
+def h2_literal(name: str, value: str) -> bytes:
+    """An HPACK literal header without indexing (RFC 7541 6.2.2), short strings only."""
+    return b"\x00" + bytes([len(name)]) + name.encode() + bytes([len(value)]) + value.encode()
+
+
+def h2_read(sock: socket.socket, seconds: float) -> list[tuple[int, int, bytes]]:
+    """Frames (type, stream, payload) the server sends within `seconds`."""
+    buf, frames = b"", []
+    sock.settimeout(0.2)
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        try:
+            data = sock.recv(65536)
+        except TimeoutError:
+            continue
+        if not data:
+            break
+        buf += data
+        while len(buf) >= 9 and len(buf) >= 9 + int.from_bytes(buf[:3], "big"):
+            length = int.from_bytes(buf[:3], "big")
+            frames.append((buf[3], int.from_bytes(buf[5:9], "big") & 0x7FFFFFFF, buf[9 : 9 + length]))
+            buf = buf[9 + length :]
+    return frames
 
 
 def held(swarm: LocalSwarm, peer: Proc) -> str:
@@ -88,6 +123,45 @@ def test_oversized_fields_are_refused_and_injected_holders_not_passed_on(swarm: 
     out = tmp_path / "a.out"
     ok(shoal(swarm, leecher, "get", file_id, "-o", str(out)))
     assert sha256_of(out) == sha256_of(tmp_path / "a.bin")
+
+
+def test_streams_beyond_the_cap_on_one_connection_are_refused(swarm: LocalSwarm, tmp_path: Path) -> None:
+    """A raw HTTP/2 client opens 300 calls on one connection and never sends a body."""
+    seeder = swarm.start_peer()
+    file_id = publish(swarm, seeder, tmp_path, "s.bin")
+    host, port = seeder.address.rsplit(":", 1)
+    with socket.create_connection((host, int(port))) as sock:
+        sock.sendall(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + h2_frame(SETTINGS, 0, 0))
+        first = h2_read(sock, 1.0)
+        settings = {}
+        for kind, _, payload in first:
+            if kind == SETTINGS and payload:
+                settings.update(
+                    {int.from_bytes(payload[i : i + 2], "big"): int.from_bytes(payload[i + 2 : i + 6], "big")
+                     for i in range(0, len(payload), 6)}
+                )  # fmt: skip
+        assert settings.get(MAX_CONCURRENT_STREAMS) == MAX_STREAMS_PER_CONNECTION
+        sock.sendall(h2_frame(SETTINGS, 1, 0))
+        block = b"".join(
+            h2_literal(k, v)
+            for k, v in (
+                (":method", "POST"), (":scheme", "http"), (":path", "/shoal.v1.Peer/Exchange"),
+                (":authority", "x"), ("content-type", "application/grpc"), ("te", "trailers"),
+            )
+        )  # fmt: skip
+        end_headers = 4
+        sock.sendall(b"".join(h2_frame(HEADERS, end_headers, 2 * i + 1, block) for i in range(300)))
+        replies = h2_read(sock, 2.0)
+        refused = [sid for kind, sid, p in replies if kind == RST_STREAM and int.from_bytes(p, "big") == REFUSED_STREAM]
+        assert len(refused) >= 300 - MAX_STREAMS_PER_CONNECTION
+
+        # With those streams held open, an honest leecher still downloads from the same seeder.
+        leecher = swarm.start_peer()
+        wait_until(lambda: shoal(swarm, leecher, "peers", file_id).returncode == 0, what="the seeder listed")
+        out = tmp_path / "s.out"
+        ok(shoal(swarm, leecher, "get", file_id, "-o", str(out)))
+        assert sha256_of(out) == sha256_of(tmp_path / "s.bin")
+    assert seeder.alive()
 
 
 def test_a_chunk_changed_on_disk_is_never_served_nor_exported(swarm: LocalSwarm, tmp_path: Path) -> None:
