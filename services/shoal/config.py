@@ -217,6 +217,14 @@ CONTROL = Setting(
     "control", "--control", "control API address, unix:PATH or 127.0.0.1:PORT", env="CONTROL", metavar="ADDR",
     shown_default="unix:DATA_DIR/control.sock",
 )  # fmt: skip
+CONTROL_TOKEN_FILE = Setting(
+    "control_token_file", "--control-token-file", "file holding the control API token (required for a TCP control"
+    " address; mode 0600)", env="CONTROL_TOKEN_FILE", parse=_absolute, metavar="FILE", shown_default="none",
+)  # fmt: skip
+CONTROL_GROUP = Setting(
+    "control_group", "--control-group", "group allowed to use the control socket (0660); each caller's paths are"
+    " checked as that caller", env="CONTROL_GROUP", metavar="GROUP", shown_default="none: 0600",
+)  # fmt: skip
 ZONE = Setting("zone", "--zone", "topology zone, preferred for sources", env="ZONE", default="", metavar="ZONE")
 CHUNK_SIZE = Setting(
     "chunk_size", "--chunk-size", "chunk size of files this peer publishes, 16KiB-16MiB", env="CHUNK_SIZE",
@@ -263,13 +271,15 @@ COMMANDS: dict[str, tuple[Setting, ...]] = {
     "peer": (
         LOG_LEVEL, LOG_FORMAT, PEER_LISTEN, TRACKERS, DATA_DIR, ADVERTISE, CONTROL, ZONE, CHUNK_SIZE,
         UPLOAD_LIMIT, DOWNLOAD_LIMIT, UPLOAD_SLOTS, MAX_PEERS, REQUESTS_PER_PEER, METRICS_PORT,
+        CONTROL_TOKEN_FILE, CONTROL_GROUP,
     ),
-    "put": (PEER, PUT_CHUNK_SIZE),
-    "get": (PEER,),
-    "search": (PEER,),
-    "peers": (PEER,),
-    "ls": (PEER,),
-    "status": (PEER,),
+    "put": (PEER, PUT_CHUNK_SIZE, CONTROL_TOKEN_FILE),
+    "get": (PEER, CONTROL_TOKEN_FILE),
+    "search": (PEER, CONTROL_TOKEN_FILE),
+    "peers": (PEER, CONTROL_TOKEN_FILE),
+    "ls": (PEER, CONTROL_TOKEN_FILE),
+    "status": (PEER, CONTROL_TOKEN_FILE),
+    "verify": (PEER, CONTROL_TOKEN_FILE),
     "demo": (DEMO_PEERS, DEMO_SIZE),
 }  # fmt: skip
 
@@ -324,6 +334,8 @@ class PeerConfig:
     requests_per_peer: int = DEFAULT_REQUESTS_PER_PEER
     metrics_port: int | None = None
     tracker_refresh: float = 30.0  # seconds between DNS re-resolutions of tracker names
+    control_token_file: Path | None = None  # required with a TCP control address
+    control_group: str | None = None  # None: the control socket is 0600
 
     @property
     def control_address(self) -> str:
@@ -349,4 +361,6 @@ class PeerConfig:
             max_peers=values["max_peers"],
             requests_per_peer=values["requests_per_peer"],
             metrics_port=values["metrics_port"],
+            control_token_file=values.get("control_token_file"),
+            control_group=values.get("control_group"),
         )

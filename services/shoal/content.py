@@ -45,6 +45,8 @@ def check_name(name: str) -> str:
         raise ContentError(f"invalid file name {name!r}")
     if "/" in name or "\\" in name or "\x00" in name:
         raise ContentError(f"invalid file name {name[:80]!r}: must not contain '/', '\\' or NUL")
+    if any(ord(c) < 0x20 or 0x7F <= ord(c) < 0xA0 for c in name):
+        raise ContentError(f"invalid file name {name[:80]!r}: must not contain control characters")
     if len(name.encode("utf-8", "surrogateescape")) > MAX_NAME_BYTES:
         raise ContentError(f"file name longer than {MAX_NAME_BYTES} bytes")
     return name

@@ -27,7 +27,7 @@ from pathlib import Path
 
 from google.protobuf.message import DecodeError
 
-from shoal import content, ingest
+from shoal import content, ingest, stamps
 from shoal.v1 import common_pb2
 
 logger = logging.getLogger(__name__)
@@ -76,6 +76,9 @@ class Entry:
     aliases: list[str] = field(default_factory=list)  # names besides manifest.name it was published under
     readers: int = 0  # chunk reads in flight; a retired entry is deleted when the last one ends
     retired: bool = False  # removed from the store; its files go once nobody reads them
+    verified: stamps.Stamp | None = None  # the data file's stamp when its bytes were last verified (complete only)
+    checked: set[int] = field(default_factory=set)  # chunks re-verified since the stamp moved to `checked_at`
+    checked_at: stamps.Stamp | None = None
 
     @property
     def names(self) -> list[str]:
@@ -155,10 +158,13 @@ class Store:
 
     def open(self) -> None:
         """Create the layout, clear scratch, and load every complete and partial file."""
+        self.root.mkdir(mode=0o700, parents=True, exist_ok=True)
+        if self.root.stat().st_mode & 0o077:
+            os.chmod(self.root, 0o700)  # not readable by other users (the daemon may open it to a control group)
         for directory in (self._files, self._partial):
-            directory.mkdir(parents=True, exist_ok=True)
+            directory.mkdir(mode=0o700, parents=True, exist_ok=True)
         shutil.rmtree(self._tmp, ignore_errors=True)
-        self._tmp.mkdir(parents=True)
+        self._tmp.mkdir(mode=0o700, parents=True)
         for directory in sorted(self._files.iterdir()):
             self._load(directory, complete=True)
         for directory in sorted(self._partial.iterdir()):
@@ -183,6 +189,8 @@ class Store:
             shutil.rmtree(directory, ignore_errors=True)
             return
         entry = self._entries[file_id] = Entry(file_id, manifest, directory, have, output)
+        if complete:
+            entry.verified = stamps.recorded(directory)  # None: changed while we were down, re-hashed as served
         self._load_bookkeeping(entry)
         self._count(entry.held_bytes)
         logger.info("loaded %s %s (%d/%d chunks)", "file" if complete else "partial", file_id, have.count, nchunks)
@@ -271,9 +279,10 @@ class Store:
             final = self._files / file_id
             if existing is not None:  # a partial download of the same content: the local copy wins
                 self._drop(existing)
+            verified = stamps.record(scratch)  # hashed while it was placed
             os.rename(scratch, final)
             entry = Entry(file_id, manifest, final, content.Bitfield.full(len(manifest.chunk_sha256)))
-            entry.last_used, entry.pinned = now, pinned
+            entry.last_used, entry.pinned, entry.verified = now, pinned, verified
             self._entries[file_id] = entry
             self._count(entry.held_bytes)
             return Placed(entry, method)
@@ -337,7 +346,7 @@ class Store:
             offset, length = content.chunk_span(entry.manifest, index)
             fd = self._fd(entry, writable=not entry.complete)
             data = os.pread(fd, length, offset)
-            changed = entry.complete and os.fstat(fd).st_nlink > 1 and not content.chunk_ok(entry.manifest, index, data)
+            changed = entry.complete and not self._still_good(entry, fd, index, data)
         finally:
             with entry.lock:
                 entry.readers -= 1
@@ -347,6 +356,57 @@ class Store:
         if changed:
             raise CorruptChunk(f"chunk {index} of {entry.file_id} changed on disk (edited through an exported link?)")
         return data
+
+    @staticmethod
+    def _still_good(entry: Entry, fd: int, index: int, data: bytes) -> bool:
+        """One fstat when the copy is known-good; a chunk hash (once per chunk per change) when its stamp moved."""
+        stamp = stamps.of_fd(fd)  # after the read: a write racing it moves ctime too
+        if stamp == entry.verified:
+            return True
+        with entry.lock:
+            if entry.checked_at != stamp:
+                entry.checked_at, entry.checked = stamp, set()
+            if index in entry.checked:
+                return True
+        if not content.chunk_ok(entry.manifest, index, data):
+            return False
+        with entry.lock:
+            if entry.checked_at == stamp:
+                entry.checked.add(index)
+                if len(entry.checked) == entry.have.size:
+                    entry.verified = stamp  # every chunk re-verified at this stamp: known-good again
+        return True
+
+    def known_good(self, entry: Entry) -> bool:
+        """The complete file's data still has the stamp it had when last verified."""
+        try:
+            return (
+                entry.complete
+                and entry.verified is not None
+                and stamps.of_path(entry.directory / "data") == entry.verified
+            )
+        except OSError:
+            return False
+
+    def verify(self, entry: Entry) -> list[int]:
+        """Re-hash a complete file chunk by chunk; the bad chunks' indices (none: known-good from now)."""
+        if not entry.complete:
+            raise StoreError("file is not complete")
+        try:
+            before = stamps.of_path(entry.directory / "data")
+            bad = []
+            with open(entry.directory / "data", "rb") as data:
+                for index in range(entry.have.size):
+                    offset, length = content.chunk_span(entry.manifest, index)
+                    if not content.chunk_ok(entry.manifest, index, os.pread(data.fileno(), length, offset)):
+                        bad.append(index)
+                if not entry.have.size and os.fstat(data.fileno()).st_size != entry.manifest.size:
+                    bad.append(0)
+            if not bad and stamps.of_path(entry.directory / "data") == before:
+                entry.verified = stamps.record(entry.directory)
+        except OSError as err:
+            raise _explain(err, f"verifying {entry.file_id}") from err
+        return bad
 
     def write_chunk(self, entry: Entry, index: int, data: bytes | memoryview) -> bool:
         """Write a verified chunk, then record it in the on-disk bitfield; False if already held."""
@@ -417,6 +477,7 @@ class Store:
                 entry.have_fd = -1
             final = self._files / entry.file_id
             os.chmod(entry.directory / "data", 0o444)
+            entry.verified = stamps.record(entry.directory)  # the chunks were verified as they arrived
             os.rename(entry.directory, final)
             (final / "have").unlink(missing_ok=True)
             (final / "output").unlink(missing_ok=True)

@@ -74,7 +74,7 @@ def test_checks_live_with_the_setting(setting: config.Setting, text: str) -> Non
 def test_resolve_reads_only_what_it_is_given(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("SHOAL_CHUNK_SIZE", "garbage")
     values = config.resolve(config.COMMANDS["ls"], {"peer": "unix:/p.sock"})
-    assert values == {"peer": "unix:/p.sock"}
+    assert values == {"peer": "unix:/p.sock", "control_token_file": None}
     with pytest.raises(config.ConfigError):
         config.resolve(config.COMMANDS["peer"], {"tracker": "t:1", "data_dir": "/d"})
 

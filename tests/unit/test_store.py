@@ -188,7 +188,7 @@ def test_download_flow_out_of_order(store: Store, data_dir: Path) -> None:
     assert entry.complete
     assert entry.directory == data_dir / "files" / file_id
     assert (entry.directory / "data").read_bytes() == data
-    assert listing(entry.directory) == ["data", "manifest.pb"]
+    assert listing(entry.directory) == ["data", "manifest.pb", "verified"]
     assert listing(data_dir / "partial") == []
     assert store.read_chunk(entry, 4) == parts[4]
     assert store.finish(entry) is entry  # idempotent once complete
@@ -631,7 +631,7 @@ def test_stopped_marker_is_gone_once_complete(store: Store) -> None:
     store.stop(file_id)
     store.write_chunk(entry, 0, data)
     store.finish(entry)
-    assert not entry.stopped and listing(entry.directory) == ["data", "manifest.pb"]
+    assert not entry.stopped and listing(entry.directory) == ["data", "manifest.pb", "verified"]
     store.stop(file_id)  # a complete file: nothing to stop
     assert not entry.stopped
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 from collections.abc import Sequence
 
@@ -71,7 +72,13 @@ def _run_peer(args: argparse.Namespace) -> int:
     cfg = config.PeerConfig.from_values(vars(args))
     if not keep_large_buffers():
         logger.info("malloc not tuned (not glibc): chunk buffers are mapped afresh")
-    asyncio.run(run_peer(cfg))
+    from shoal.peer.access import AccessError
+
+    os.umask(0o077)  # the data dir's files are the daemon's alone (a copied export is chmod 644 explicitly)
+    try:
+        asyncio.run(run_peer(cfg))
+    except AccessError as err:
+        raise CliError(str(err), EXIT_USAGE) from None
     return 0
 
 

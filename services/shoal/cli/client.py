@@ -13,9 +13,11 @@ from typing import Any
 
 import grpc
 
+from shoal import callers as access
 from shoal import content, net
 from shoal.cli import output
 from shoal.cli.errors import EXIT_FAILURE, EXIT_NOT_FOUND, EXIT_UNREACHABLE, EXIT_USAGE, CliError
+from shoal.cli.output import escape
 from shoal.units import format_size
 from shoal.v1 import control_pb2, control_pb2_grpc
 
@@ -52,8 +54,13 @@ async def run(args: argparse.Namespace) -> int:
     check_locally(args)
     if not args.peer:
         raise CliError("no daemon given: pass --peer ADDR or set SHOAL_PEER", EXIT_USAGE)
+    credentials = _credentials(args)
     try:
-        channel = grpc.aio.insecure_channel(args.peer, options=net.CHANNEL_OPTIONS)
+        channel = grpc.aio.insecure_channel(
+            args.peer,
+            options=net.CHANNEL_OPTIONS,
+            interceptors=[_UnaryCredentials(credentials), _StreamCredentials(credentials)],  # type: ignore[list-item]
+        )
     except (ValueError, RuntimeError):
         raise _unreachable(args.peer) from None
     async with channel:
@@ -64,21 +71,73 @@ async def run(args: argparse.Namespace) -> int:
         except grpc.aio.AioRpcError as err:
             if err.code() == grpc.StatusCode.DEADLINE_EXCEEDED:
                 raise CliError(f"the shoal daemon at {args.peer} did not answer in time", EXIT_UNREACHABLE) from None
+            if err.code() == grpc.StatusCode.UNAUTHENTICATED and not args.peer.startswith("unix:"):
+                raise CliError(
+                    f"{err.details()} (pass --control-token-file or set SHOAL_CONTROL_TOKEN_FILE)", EXIT_FAILURE
+                ) from None
             raise CliError(err.details() or err.code().name, _CODES.get(err.code(), EXIT_FAILURE)) from None
+
+
+def _credentials(args: argparse.Namespace) -> Callable[[], list[tuple[str, str]]]:
+    """What proves who we are: the token on a TCP address, a fresh caller ticket on the unix socket."""
+    target = args.peer
+    if target.startswith("unix:"):
+        socket_path = Path(target.removeprefix("unix:").removeprefix("//"))
+        return lambda: [(access.TICKET_HEADER, t)] if (t := access.fetch_ticket(socket_path)) else []
+    token_file = getattr(args, "control_token_file", None)
+    if token_file is None:
+        return list
+    try:
+        token = access.read_token(token_file).decode("utf-8", "replace")
+    except access.AccessError as err:
+        raise CliError(str(err), EXIT_USAGE) from None
+    return lambda: [(access.TOKEN_HEADER, token)]
+
+
+class _Credentials:
+    """Adds the caller's credentials to every call (grpc.aio takes one interceptor object per call shape)."""
+
+    def __init__(self, credentials: Callable[[], list[tuple[str, str]]]) -> None:
+        self._credentials = credentials
+
+    def with_credentials(self, details: Any) -> Any:
+        extra = self._credentials()
+        if not extra:
+            return details
+        metadata = [*(details.metadata or ()), *extra]
+        return details._replace(metadata=grpc.aio.Metadata(*metadata))
+
+
+class _UnaryCredentials(_Credentials, grpc.aio.UnaryUnaryClientInterceptor):  # type: ignore[misc]
+    async def intercept_unary_unary(self, continuation: Any, details: Any, request: Any) -> Any:
+        return await continuation(self.with_credentials(details), request)
+
+
+class _StreamCredentials(_Credentials, grpc.aio.UnaryStreamClientInterceptor):  # type: ignore[misc]
+    async def intercept_unary_stream(self, continuation: Any, details: Any, request: Any) -> Any:
+        return await continuation(self.with_credentials(details), request)
+
+
+def _check_path_length(path: Path) -> None:
+    """An over-long path or name is a usage error, said in one line (not an OSError from deep inside)."""
+    if len(os.fsencode(path)) > 4095 or any(len(os.fsencode(part)) > 255 for part in path.parts):
+        raise CliError(f"path too long: {escape(str(path))[:120]}...", EXIT_USAGE)
 
 
 def check_locally(args: argparse.Namespace) -> None:
     """What can be wrong without asking the daemon (ids, paths) is reported before connecting."""
-    if args.command in ("get", "peers"):
+    if args.command in ("get", "peers", "verify"):
         args.file_id = _file_id(args.file_id)
     if args.command == "put":
         args.path = Path(args.path).expanduser().absolute()
+        _check_path_length(args.path)
         if not args.path.exists():
             raise CliError(f"no such file: {args.path}", EXIT_NOT_FOUND)
         if not args.path.is_file():
             raise CliError(f"not a regular file: {args.path}", EXIT_USAGE)
     if args.command == "get":
         target = Path(args.output).expanduser().absolute()
+        _check_path_length(target)
         args.into_dir = args.output.endswith(os.sep) or target.is_dir()
         if args.into_dir and not target.is_dir():
             raise CliError(f"output directory does not exist: {target}", EXIT_NOT_FOUND)
@@ -109,7 +168,7 @@ async def put(stub: control_pb2_grpc.ControlStub, args: argparse.Namespace) -> i
     if args.json:
         output.print_json(reply)
     else:
-        print(f"published {reply.file.name} ({format_size(reply.file.size)}, {reply.chunks} chunks)")
+        print(f"published {escape(reply.file.name)} ({format_size(reply.file.size)}, {reply.chunks} chunks)")
         print(reply.file.file_id)
     return 0
 
@@ -127,7 +186,9 @@ class _Watcher:
             output.print_json_line(output.plain(progress))
         elif self._draw and progress.total_bytes:
             if self.bar is None:
-                self.bar = output.ProgressBar(progress.file.name or progress.file.file_id[:12], progress.total_bytes)
+                self.bar = output.ProgressBar(
+                    escape(progress.file.name) or progress.file.file_id[:12], progress.total_bytes
+                )
             self.bar.update(progress.done_bytes)
 
     def close(self, final: control_pb2.GetProgress | None) -> None:
@@ -139,7 +200,7 @@ class _Watcher:
 
 def _named_output(directory: Path, name: str, overwrite: bool) -> Path:
     """DIR/<name> for `get -o DIR/`, once the manifest has told us the name."""
-    if not name or name in (".", "..") or "/" in name or "\x00" in name:
+    if not name or name in (".", "..") or "/" in name or "\x00" in name or escape(name) != name:
         raise CliError(f"the file's name {name!r} cannot be a file name here; pass -o PATH", EXIT_FAILURE)
     path = directory / name
     _refuse_existing(path, overwrite)
@@ -186,7 +247,9 @@ async def search(stub: control_pb2_grpc.ControlStub, args: argparse.Namespace) -
     else:
         for result in reply.results:
             holders = f"{result.complete_holders} complete, {result.partial_holders} partial"
-            print(f"{result.file.file_id}  {format_size(result.file.size):>10}  {result.file.name}  ({holders})")
+            print(
+                f"{result.file.file_id}  {format_size(result.file.size):>10}  {escape(result.file.name)}  ({holders})"
+            )
     if not reply.results:
         raise CliError(f"no file matches {args.term!r}", EXIT_NOT_FOUND)
     return 0
@@ -201,7 +264,7 @@ async def peers(stub: control_pb2_grpc.ControlStub, args: argparse.Namespace) ->
         for holder in reply.holders:
             zone = f" zone={holder.peer.zone}" if holder.peer.zone else ""
             state = "complete" if holder.complete else "partial"
-            print(f"{holder.peer.peer_id}  {holder.peer.address}  {state}{zone}")
+            print(f"{escape(holder.peer.peer_id)}  {escape(holder.peer.address)}  {state}{escape(zone)}")
     if not reply.holders:
         raise CliError(f"no live peer holds {args.file_id}", EXIT_NOT_FOUND)
     return 0
@@ -215,7 +278,7 @@ async def ls(stub: control_pb2_grpc.ControlStub, args: argparse.Namespace) -> in
         return 0
     for local in reply.files:
         state = "complete" if local.complete else f"{local.chunks_done}/{local.chunks_total} chunks"
-        print(f"{local.file.file_id}  {format_size(local.file.size):>10}  {local.file.name}  {state}")
+        print(f"{local.file.file_id}  {format_size(local.file.size):>10}  {escape(local.file.name)}  {state}")
     return 0
 
 
@@ -235,6 +298,21 @@ async def status(stub: control_pb2_grpc.ControlStub, args: argparse.Namespace) -
     return 0
 
 
+async def verify(stub: control_pb2_grpc.ControlStub, args: argparse.Namespace) -> int:
+    """Re-hash a held file; exit 1 when it no longer matches (the daemon has dropped it)."""
+    reply = await stub.Verify(control_pb2.VerifyRequest(file_id=args.file_id))
+    if args.json:
+        output.print_json(reply)
+    elif reply.ok:
+        print(f"{reply.file.file_id}  {escape(reply.file.name)}  ok")
+    if not reply.ok:
+        raise CliError(
+            f"{reply.file.file_id} is corrupt ({len(reply.bad_chunks)} bad chunks); dropped from this peer",
+            EXIT_FAILURE,
+        )
+    return 0
+
+
 COMMANDS: dict[str, Callable[[control_pb2_grpc.ControlStub, argparse.Namespace], Coroutine[Any, Any, int]]] = {
     "put": put,
     "get": get,
@@ -242,4 +320,5 @@ COMMANDS: dict[str, Callable[[control_pb2_grpc.ControlStub, argparse.Namespace],
     "peers": peers,
     "ls": ls,
     "status": status,
+    "verify": verify,
 }

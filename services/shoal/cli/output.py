@@ -19,6 +19,13 @@ from shoal.v1 import control_pb2
 logger = logging.getLogger(__name__)
 
 
+def escape(text: str) -> str:
+    """Text from the network made safe for a terminal: control characters shown as escapes, never sent raw."""
+    if text.isprintable():
+        return text
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
+
+
 def plain(message: Message) -> dict[str, Any]:
     """A message as JSON-ready data with integers kept as numbers and bytes as hex."""
     data: dict[str, Any] = {}
@@ -65,7 +72,7 @@ def summary_line(final: control_pb2.GetProgress, output: Path) -> str:
     sources = final.sources
     received = received_bytes(final)
     if received == 0 and sources.peers == 0 and final.total_bytes > 0:
-        return f"{final.file.name or final.file.file_id} already held; exported to {output}"
+        return f"{escape(final.file.name) or final.file.file_id} already held; exported to {output}"
     share = 100.0 * sources.from_partial_bytes / received if received else 0.0
     rate = received / final.seconds if final.seconds > 0 else 0.0
     peers = f"{sources.peers} peer" + ("" if sources.peers == 1 else "s")

@@ -42,6 +42,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "peers": ("live peers holding a file", "shoal peers ID"),
     "ls": ("what this peer holds", "shoal ls --json"),
     "status": ("this peer's id, address, trackers and bytes up/down", "shoal status"),
+    "verify": ("re-hash a held file; exit 1 (and drop it) when it no longer matches", "shoal verify ID"),
     "demo": ("run a local swarm of real processes and check every copy", "shoal demo --peers 4 --size 256MiB"),
     "completion": (
         "print a shell completion script",
@@ -145,6 +146,7 @@ def build_parser() -> argparse.ArgumentParser:
     _sub(sub, "peers", client).add_argument("file_id", metavar="ID", help="the file id, 64 hex characters")
     _sub(sub, "ls", client)
     _sub(sub, "status", client)
+    _sub(sub, "verify", client).add_argument("file_id", metavar="ID", help="the file id, 64 hex characters")
 
     demo = _sub(sub, "demo", argparse.ArgumentParser(add_help=False))
     demo.add_argument("--metrics", action="store_true", help="leave the swarm running with metrics ports printed")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -12,12 +13,13 @@ from typing import NoReturn
 import grpc
 
 from shoal import content
+from shoal.peer import access
 from shoal.peer.downloads import Downloads
 from shoal.peer.errors import DownloadError, NoHolders, TrackersUnavailable
 from shoal.peer.node import Node
 from shoal.peer.swarm import Download
 from shoal.peer.trackers import TrackerClient
-from shoal.store import DiskFull, StoreError, check_output, check_source
+from shoal.store import DiskFull, Entry, StoreError, check_output, check_source
 from shoal.v1 import common_pb2, control_pb2, control_pb2_grpc
 
 logger = logging.getLogger(__name__)
@@ -47,21 +49,50 @@ def _absolute(path: str, what: str) -> Path:
     return Path(path)
 
 
+def _outside(output: Path, data_dir: Path) -> None:
+    """A download is never placed inside the data dir (it would overwrite the store's own files)."""
+    real, root = Path(os.path.realpath(output)), Path(os.path.realpath(data_dir))
+    if real == root or root in real.parents:
+        raise content.ContentError(f"output {str(output)[:200]!r} is inside the data dir {str(data_dir)!r}")
+
+
 class ControlServicer(control_pb2_grpc.ControlServicer):
     """Put, get, search, peers, ls and status for the local CLI."""
 
-    def __init__(self, node: Node, downloads: Downloads, trackers: TrackerClient) -> None:
+    def __init__(
+        self, node: Node, downloads: Downloads, trackers: TrackerClient, tickets: access.Tickets | None = None
+    ) -> None:
         self._node = node
         self._downloads = downloads
         self._trackers = trackers
+        self._tickets = tickets  # None: every caller is trusted (TCP with a token, or a 0600 socket)
+
+    async def _caller(self, context: grpc.aio.ServicerContext) -> access.Caller:
+        caller = access.caller_of(context, self._tickets)
+        if caller is None:
+            await context.abort(grpc.StatusCode.UNAUTHENTICATED, "no valid caller ticket (use the shoal CLI)")
+        assert caller is not None
+        return caller
+
+    async def _allowed(self, context: grpc.aio.ServicerContext, caller: access.Caller, path: Path, mode: str) -> None:
+        try:
+            await access.check_path(caller, path, mode)
+        except access.Denied as err:
+            logger.warning("control %s refused: %s", mode, err)
+            await context.abort(grpc.StatusCode.PERMISSION_DENIED, str(err))
 
     async def Put(self, request: control_pb2.PutRequest, context: grpc.aio.ServicerContext) -> control_pb2.PutResponse:
         node = self._node
+        caller = await self._caller(context)
         try:
             source = _absolute(request.path, "path")
-            await asyncio.to_thread(check_source, source)
             name = content.check_name(request.name or source.name)
             chunk_size = content.check_chunk_size(request.chunk_size or node.config.chunk_size)
+        except content.ContentError as err:
+            await _fail(context, err)
+        await self._allowed(context, caller, source, "read")
+        try:
+            await asyncio.to_thread(check_source, source)
             entry = await asyncio.to_thread(node.store.publish, source, name, chunk_size)
         except (content.ContentError, StoreError) as err:
             await _fail(context, err)
@@ -73,12 +104,20 @@ class ControlServicer(control_pb2_grpc.ControlServicer):
         self, request: control_pb2.GetRequest, context: grpc.aio.ServicerContext
     ) -> AsyncIterator[control_pb2.GetProgress]:
         downloads = self._downloads
+        caller = await self._caller(context)
         try:
             file_id = content.parse_file_id(request.file_id)
             output = _absolute(request.output, "output") if request.output else None
             if output is not None:
+                _outside(output, self._node.config.data_dir)
+        except content.ContentError as err:
+            await _fail(context, err)
+        if output is not None:
+            await self._allowed(context, caller, output, "write")
+        try:
+            if output is not None:
                 await asyncio.to_thread(check_output, output)
-        except (content.ContentError, StoreError) as err:
+        except StoreError as err:
             await _fail(context, err)
         started = time.monotonic()
         download, task = downloads.start(file_id, str(output) if output else "")
@@ -94,6 +133,8 @@ class ControlServicer(control_pb2_grpc.ControlServicer):
         try:
             entry = task.result()
             if output is not None:
+                if await self._corrupt(entry):
+                    await context.abort(grpc.StatusCode.DATA_LOSS, f"the copy of {file_id} here is corrupt; dropped it")
                 await asyncio.to_thread(self._node.store.export, entry, output)
         except (DownloadError, StoreError, TrackersUnavailable) as err:
             await _fail(context, err)
@@ -102,6 +143,35 @@ class ControlServicer(control_pb2_grpc.ControlServicer):
         final = self._progress(download, done=True)
         final.seconds = time.monotonic() - started
         yield final
+
+    async def _corrupt(self, entry: Entry, *, always: bool = False) -> list[int]:
+        """Re-hash a copy that is not known-good (any copy, with `always`); a bad one is dropped and withdrawn."""
+        store = self._node.store
+        if not always and await asyncio.to_thread(store.known_good, entry):
+            return []
+        bad = await asyncio.to_thread(store.verify, entry)
+        if bad:
+            logger.error("file %s changed on disk (%d bad chunks); dropping it from this peer", entry.file_id, len(bad))
+            await asyncio.to_thread(store.remove, entry.file_id)
+            self._trackers.announce_soon()
+        return bad
+
+    async def Verify(
+        self, request: control_pb2.VerifyRequest, context: grpc.aio.ServicerContext
+    ) -> control_pb2.VerifyResponse:
+        try:
+            file_id = content.parse_file_id(request.file_id)
+        except content.ContentError as err:
+            await _fail(context, err)
+        entry = self._node.store.get(file_id)
+        if entry is None or not entry.complete:
+            await context.abort(grpc.StatusCode.NOT_FOUND, f"no complete copy of {file_id} here")
+        assert entry is not None
+        try:
+            bad = await self._corrupt(entry, always=True)
+        except StoreError as err:
+            await _fail(context, err)
+        return control_pb2.VerifyResponse(file=entry.info, ok=not bad, bad_chunks=bad[:100])
 
     @staticmethod
     def _progress(download: Download, *, done: bool) -> control_pb2.GetProgress:

@@ -19,6 +19,7 @@ from shoal import net
 from shoal.config import PeerConfig
 from shoal.exporter import ProcessMetrics
 from shoal.health import Health
+from shoal.peer import access
 from shoal.peer.control import ControlServicer
 from shoal.peer.credentials import TrackerSecrets
 from shoal.peer.downloads import Downloads
@@ -37,6 +38,13 @@ logger = logging.getLogger(__name__)
 
 SERVICE_NAME = "shoal.v1.Peer"
 STOP_GRACE = 3.0
+MAX_STREAMS_PER_CONNECTION = 128  # one downloader asks a few chunks at a time; more is a flood
+IDLE_CONNECTION_MS = 300_000  # a connection with no call for 5 minutes is closed (the caller redials)
+PEER_SERVER_OPTIONS = [
+    *net.SERVER_OPTIONS,
+    ("grpc.max_concurrent_streams", MAX_STREAMS_PER_CONNECTION),
+    ("grpc.max_connection_idle_ms", IDLE_CONNECTION_MS),
+]
 
 
 def check_control_address(address: str) -> str:
@@ -77,15 +85,24 @@ class PeerDaemon:
         self.port = 0
         self.health = Health([SERVICE_NAME])
         self.metrics = ProcessMetrics(config.metrics_port) if config.metrics_port is not None else None
-        interceptors = [self.metrics.interceptor] if self.metrics is not None else []
-        self._peer_server = grpc.aio.server(options=net.SERVER_OPTIONS, interceptors=interceptors)
+        interceptors: list[grpc.aio.ServerInterceptor] = [self.metrics.interceptor] if self.metrics is not None else []
+        self._peer_server = grpc.aio.server(options=PEER_SERVER_OPTIONS, interceptors=interceptors)
+        self._control_gid = access.group_id(config.control_group) if config.control_group else None
+        self._control_token: bytes | None = None
+        if not config.control_address.startswith("unix:"):
+            if config.control_token_file is None:
+                raise access.AccessError("a TCP control address needs --control-token-file (a 0600 file)")
+            self._control_token = access.read_token(config.control_token_file)
+            interceptors = [*interceptors, access.TokenInterceptor(self._control_token)]
+        self._tickets: access.Tickets | None = None
+        self._ticket_server: asyncio.Server | None = None
         self._control_server = grpc.aio.server(options=net.SERVER_OPTIONS, interceptors=interceptors)
         self._background: list[asyncio.Task[None]] = []
 
     async def start(self) -> None:
         """Open the store, bind both servers, start announcing and resume unfinished downloads."""
         control_address = check_control_address(self.config.control_address)
-        self.config.data_dir.mkdir(parents=True, exist_ok=True)
+        self.config.data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
         await asyncio.to_thread(self.store.open)
         peer_id = await asyncio.to_thread(self.store.peer_id)
         self.port = net.bind(self._peer_server, self.config.listen)
@@ -113,7 +130,9 @@ class PeerDaemon:
             watch_peer(self.metrics, node, lambda: len(self.downloads))
         add_to_server(PeerServicer(node, self.uploads, self.downloads), self._peer_server)
         self.health.attach(self._peer_server)
-        control = ControlServicer(node, self.downloads, trackers)
+        if control_address.startswith("unix:"):
+            self._tickets = access.Tickets(required=self._control_gid is not None)
+        control = ControlServicer(node, self.downloads, trackers, self._tickets)
         control_pb2_grpc.add_ControlServicer_to_server(control, self._control_server)
         if control_address.startswith("unix:"):
             path = Path(control_address.removeprefix("unix:"))
@@ -123,7 +142,9 @@ class PeerDaemon:
         await self._peer_server.start()
         await self._control_server.start()
         if control_address.startswith("unix:"):
-            os.chmod(control_address.removeprefix("unix:"), 0o600)
+            await self._open_control_socket(Path(control_address.removeprefix("unix:")))
+        else:
+            logger.info("control API on TCP %s: every call must carry the token", control_address)
         self._background.append(asyncio.create_task(self.trackers.run(), name="announcer"))
         for entry in self.store.entries():
             if not entry.complete:
@@ -141,6 +162,21 @@ class PeerDaemon:
             ",".join(self.config.trackers),
         )
 
+    async def _open_control_socket(self, path: Path) -> None:
+        """0600 (or 0660 for --control-group, with the data dir 0710 so the group can reach it), checked."""
+        gid = self._control_gid
+        access.open_socket(path, gid)
+        assert self._tickets is not None
+        try:
+            self._ticket_server = await self._tickets.serve(path.with_name(path.name + ".cred"), gid)
+        except OSError as err:  # e.g. a path too long for a unix socket
+            if gid is not None:
+                raise access.AccessError(f"cannot open the caller-credential socket next to {path}: {err}") from err
+            logger.warning("no caller-credential socket (%s); the 0600 control socket admits only this user", err)
+        if gid is not None and path.parent == self.config.data_dir.resolve():
+            os.chown(path.parent, -1, gid)
+            os.chmod(path.parent, 0o710)
+
     async def stop(self) -> None:
         """Drain: NOT_SERVING, leave the trackers, stop downloads (kept for resume), stop servers."""
         if not hasattr(self, "downloads"):  # start() failed early: only the servers and the store exist
@@ -156,6 +192,8 @@ class PeerDaemon:
         downloads = self.downloads.cancel_all()
         await asyncio.gather(*self._background, *downloads, return_exceptions=True)
         await self._control_server.stop(1.0)
+        if self._ticket_server is not None:
+            self._ticket_server.close()
         await self._peer_server.stop(STOP_GRACE)
         await self.trackers.close()
         await self.links.close()

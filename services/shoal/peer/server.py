@@ -21,6 +21,28 @@ from shoal.v1 import common_pb2, peer_pb2
 
 logger = logging.getLogger(__name__)
 
+MAX_PEER_ID = 64  # ids are 32 hex characters; room for other implementations
+MAX_ADDRESS = 256
+MAX_ZONE = 128
+MAX_KNOWN = 100  # holders one exchange may carry (we send at most 50)
+
+
+async def _refuse(context: grpc.aio.ServicerContext, code: grpc.StatusCode, what: str, value: object) -> None:
+    """One log line (the attacker's text shortened, as %r) and the status."""
+    shown = value[:80] if isinstance(value, str | bytes) else value
+    logger.warning("refused a peer call: %s (%r)", what, shown)
+    await context.abort(code, what)
+
+
+async def _check_peer(context: grpc.aio.ServicerContext, peer: common_pb2.PeerInfo) -> None:
+    for what, value, cap in (
+        ("peer id", peer.peer_id, MAX_PEER_ID),
+        ("address", peer.address, MAX_ADDRESS),
+        ("zone", peer.zone, MAX_ZONE),
+    ):
+        if len(value) > cap:
+            await _refuse(context, grpc.StatusCode.INVALID_ARGUMENT, f"{what} longer than {cap} characters", value)
+
 
 class Swarms(Protocol):
     """What a caller's exchange tells this peer's running downloads."""
@@ -60,6 +82,8 @@ class PeerServicer:
         return peer_pb2.GetManifestResponse(manifest=entry.manifest)
 
     async def GetChunk(self, request: peer_pb2.GetChunkRequest, context: grpc.aio.ServicerContext) -> ChunkReply:
+        if len(request.peer_id) > MAX_PEER_ID:
+            await _refuse(context, grpc.StatusCode.INVALID_ARGUMENT, "peer id too long", request.peer_id)
         entry = await _entry(self._node, request.file_id, context)
         nchunks = len(entry.manifest.chunk_sha256)
         if request.index >= nchunks:
@@ -87,13 +111,25 @@ class PeerServicer:
         node = self._node
         entry = await _entry(node, request.file_id, context)
         caller = request.peer
+        await _check_peer(context, caller)
+        if len(request.known) > MAX_KNOWN:
+            await _refuse(
+                context, grpc.StatusCode.RESOURCE_EXHAUSTED, f"more than {MAX_KNOWN} known holders", len(request.known)
+            )
+        expected = (entry.have.size + 7) // 8
+        if request.bitfield and len(request.bitfield) != expected:
+            await _refuse(
+                context,
+                grpc.StatusCode.INVALID_ARGUMENT,
+                f"bitfield of {len(request.bitfield)} bytes for a file of {entry.have.size} chunks",
+                len(request.bitfield),
+            )
         if caller.peer_id and caller.address and caller.peer_id != node.peer_id:
             self._swarms.holders_heard(entry.file_id, node.learn(entry.file_id, [caller]))
             if request.bitfield:
                 self._swarms.bitfield_heard(entry.file_id, caller.address, request.bitfield)
-        if request.known:
-            fresh = node.learn(entry.file_id, list(request.known)[:100], direct=False)
-            self._swarms.holders_heard(entry.file_id, fresh)
+        # request.known is not taken from an inbound caller: peer exchange entries count only from sources
+        # a download dialled itself (swarm), so a stranger cannot make this peer dial addresses it names.
         theirs = None
         if entry.complete and request.bitfield:
             try:

@@ -31,6 +31,7 @@ COOL_OFF_GONE = 5.0  # ... one that no longer holds the file
 COOL_OFF_FAILING = 10.0  # ... one whose calls keep failing
 ROTATE_AFTER = 5.0  # seconds into a download before the slowest source may be swapped for an untried one
 ROTATE_CHANCE = 0.05  # chance per admission round of that swap
+MAX_CANDIDATES = 500  # holders waiting to be tried; beyond it new ones are dropped (trackers and PEX re-offer)
 
 
 @dataclass
@@ -164,7 +165,9 @@ class Sources:
         for peer in peers:
             if not peer.address or peer.peer_id == self._me.peer_id or peer.address == self._me.address:
                 continue
-            if peer.address not in self.admitted:
+            if peer.address not in self.admitted and (
+                peer.address in self.candidates or len(self.candidates) < MAX_CANDIDATES
+            ):
                 self.candidates[peer.address] = peer
 
     @property

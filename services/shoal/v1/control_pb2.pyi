@@ -700,3 +700,59 @@ class PinResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___PinResponse: _TypeAlias = PinResponse  # noqa: Y015
+
+@_typing.final
+class VerifyRequest(_message.Message):
+    """VerifyRequest names a held file to re-hash."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    FILE_ID_FIELD_NUMBER: _builtins.int
+    file_id: _builtins.str
+    """File id: 64 lowercase hex characters."""
+    def __init__(
+        self,
+        *,
+        file_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["file_id", b"file_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___VerifyRequest: _TypeAlias = VerifyRequest  # noqa: Y015
+
+@_typing.final
+class VerifyResponse(_message.Message):
+    """VerifyResponse says whether the file still matches its manifest."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    FILE_FIELD_NUMBER: _builtins.int
+    OK_FIELD_NUMBER: _builtins.int
+    BAD_CHUNKS_FIELD_NUMBER: _builtins.int
+    ok: _builtins.bool
+    """True when every chunk matched."""
+    @_builtins.property
+    def file(self) -> _common_pb2.FileInfo:
+        """The file checked."""
+
+    @_builtins.property
+    def bad_chunks(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]:
+        """Indices of the chunks that did not match (at most the first 100); the file was dropped when any did."""
+
+    def __init__(
+        self,
+        *,
+        file: _common_pb2.FileInfo | None = ...,
+        ok: _builtins.bool = ...,
+        bad_chunks: _abc.Iterable[_builtins.int] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["file", b"file"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["bad_chunks", b"bad_chunks", "file", b"file", "ok", b"ok"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___VerifyResponse: _TypeAlias = VerifyResponse  # noqa: Y015

@@ -80,6 +80,11 @@ class ControlStub:
                 request_serializer=shoal_dot_v1_dot_control__pb2.PinRequest.SerializeToString,
                 response_deserializer=shoal_dot_v1_dot_control__pb2.PinResponse.FromString,
                 _registered_method=True)
+        self.Verify = channel.unary_unary(
+                '/shoal.v1.Control/Verify',
+                request_serializer=shoal_dot_v1_dot_control__pb2.VerifyRequest.SerializeToString,
+                response_deserializer=shoal_dot_v1_dot_control__pb2.VerifyResponse.FromString,
+                _registered_method=True)
 
 
 class ControlServicer:
@@ -152,6 +157,14 @@ class ControlServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Verify(self, request, context):
+        """Verify re-hashes a complete file held here; a file that no longer matches its manifest is dropped
+        from this peer and withdrawn from the trackers. NOT_FOUND when no complete copy is held here.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_ControlServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -199,6 +212,11 @@ def add_ControlServicer_to_server(servicer, server):
                     servicer.Pin,
                     request_deserializer=shoal_dot_v1_dot_control__pb2.PinRequest.FromString,
                     response_serializer=shoal_dot_v1_dot_control__pb2.PinResponse.SerializeToString,
+            ),
+            'Verify': grpc.unary_unary_rpc_method_handler(
+                    servicer.Verify,
+                    request_deserializer=shoal_dot_v1_dot_control__pb2.VerifyRequest.FromString,
+                    response_serializer=shoal_dot_v1_dot_control__pb2.VerifyResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -445,6 +463,33 @@ class Control:
             '/shoal.v1.Control/Pin',
             shoal_dot_v1_dot_control__pb2.PinRequest.SerializeToString,
             shoal_dot_v1_dot_control__pb2.PinResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Verify(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/shoal.v1.Control/Verify',
+            shoal_dot_v1_dot_control__pb2.VerifyRequest.SerializeToString,
+            shoal_dot_v1_dot_control__pb2.VerifyResponse.FromString,
             options,
             channel_credentials,
             insecure,
