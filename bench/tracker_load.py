@@ -6,6 +6,9 @@ them. Two runs against the same tracker process:
   paced      every peer announces once per `--interval` (3 s default: 10,000 peers offer 3,333 announces/s),
              while the parent measures GetPeers latency (p50/p99) and the tracker's CPU and RSS;
   saturate   every worker announces back to back with `--concurrency` calls in flight: the tracker's ceiling.
+With `--streams`, a third run instead of both: every peer holds one Session stream (its full state once, then
+`--churn` deltas a second across all peers, each dropping one file and adding another) and the window opens once
+the tracker lists every peer.
 The load generator runs on the same machine and competes with the tracker for the same cores; the report says
 how much CPU each side used. Kraken's reference point: 15,000 hosts announcing every 3 s, 5,000 announces/s.
 Only 127.0.0.1 is dialled; peer addresses are strings in 127.0.0.0/8 that nothing connects to.
@@ -139,6 +142,138 @@ async def _drive(plan: Plan) -> dict[str, Any]:
     return {"ok": ok, "errors": errors, "issued": issued, "seconds": elapsed, "latencies": latencies}
 
 
+async def _drive_streams(plan: Plan, stop: Any, churn: float) -> dict[str, Any]:
+    """Open one Session per simulated peer, send `churn` deltas a second (this worker's share) until `stop`."""
+    options = [*net.CHANNEL_OPTIONS, ("grpc.use_local_subchannel_pool", 1)]
+    channels = [grpc.aio.insecure_channel(plan.address, options=options) for _ in range(plan.channels)]
+    stubs = [tracker_pb2_grpc.TrackerStub(c) for c in channels]
+    peers = list(range(plan.worker, plan.peers, plan.workers))
+    calls: list[Any] = []
+    held: list[list[int]] = []
+    slots = asyncio.Semaphore(plan.concurrency)
+    errors = 0
+
+    async def open_one(index: int, peer: int) -> None:
+        nonlocal errors
+        async with slots:
+            state = announcement(peer, plan)
+            call = stubs[index % len(stubs)].Session()
+            try:
+                await call.write(tracker_pb2.SessionUpdate(peer=state.peer, files=state.files))
+                await call.read()
+            except grpc.aio.AioRpcError:
+                errors += 1
+                return
+            calls.append(call)
+            held.append([int(f.file.name[5:-4]) for f in state.files])
+
+    started = time.monotonic()
+    await asyncio.gather(*(open_one(i, p) for i, p in enumerate(peers)))
+    opened = time.monotonic() - started
+    rng = random.Random(plan.worker)
+    sent = 0
+    began = time.monotonic()
+    while not stop.is_set() and calls:
+        due = int((time.monotonic() - began) * churn)
+        while sent < due:
+            k = rng.randrange(len(calls))
+            gone = held[k].pop(rng.randrange(len(held[k])))
+            new = rng.randrange(plan.catalog)
+            held[k].append(new)
+            update = tracker_pb2.SessionUpdate(
+                dropped_file_ids=[file_id(gone)],
+                files=[
+                    tracker_pb2.HeldFile(
+                        file=common_pb2.FileInfo(file_id=file_id(new), name=f"file-{new}.bin", size=1 << 30),
+                        complete=True,
+                    )
+                ],
+            )
+            try:
+                await calls[k].write(update)
+            except grpc.aio.AioRpcError:
+                errors += 1
+            sent += 1
+        await asyncio.sleep(TICK * 10)
+    for call in calls:
+        call.cancel()
+    for channel in channels:
+        await channel.close(None)
+    return {"ok": len(calls), "errors": errors, "open_seconds": opened, "deltas": sent}
+
+
+def stream_worker_main(plan: Plan, stop: Any, churn: float, results: Any) -> None:
+    """Entry point of a stream worker process."""
+    tally = asyncio.run(_drive_streams(plan, stop, churn))
+    times = os.times()
+    tally["cpu"] = times.user + times.system
+    results.put(tally)
+
+
+def run_streams(args: argparse.Namespace, address: str, tracker_pid: int) -> dict[str, Any]:
+    """Hold one stream per peer; once all are listed, measure the tracker over `args.duration` seconds."""
+    ctx = multiprocessing.get_context("spawn")
+    results = ctx.Queue()
+    stop = ctx.Event()
+    churn = args.churn / args.workers
+    plans = [
+        Plan(
+            address,
+            args.peers,
+            args.files_per_peer,
+            args.catalog,
+            w,
+            args.workers,
+            args.channels,
+            args.concurrency,
+            "streams",
+            args.interval,
+            args.duration,
+        )
+        for w in range(args.workers)
+    ]
+    procs = [ctx.Process(target=stream_worker_main, args=(p, stop, churn, results), daemon=True) for p in plans]
+    ramp0 = time.monotonic()
+    for proc in procs:
+        proc.start()
+    listed = 0
+    while time.monotonic() - ramp0 < 300:
+        time.sleep(1.0)
+        listed = live_peers(address)
+        if listed >= args.peers:
+            break
+    ramp = time.monotonic() - ramp0
+    time.sleep(2.0)  # let the last registrations settle
+    cpu0, wall0 = cpu_seconds(tracker_pid), time.monotonic()
+    get_peers = asyncio.run(probe_get_peers(address, args.catalog, args.duration, args.probe_rate))
+    cpu1, wall1 = cpu_seconds(tracker_pid), time.monotonic()
+    rss, peak = rss_mb(tracker_pid)
+    still = live_peers(address)
+    stop.set()
+    tallies = [results.get(timeout=120) for _ in procs]
+    for proc in procs:
+        proc.join(30)
+    finite = [x for x in get_peers if x != float("inf")]
+    return {
+        "mode": "streams",
+        "offered_per_s": None,
+        "announces_per_s": 0.0,
+        "errors": sum(t["errors"] for t in tallies),
+        "streams_open": sum(t["ok"] for t in tallies),
+        "ramp_seconds": ramp,
+        "deltas": sum(t["deltas"] for t in tallies),
+        "tracker_cpu_pct": 100 * (cpu1 - cpu0) / (wall1 - wall0),
+        "tracker_rss_mb": rss,
+        "tracker_peak_rss_mb": peak,
+        "loadgen_cpu_pct": 100 * sum(t["cpu"] for t in tallies) / max(1.0, time.monotonic() - ramp0),
+        "live_peers_listed": still,
+        "get_peers_calls": len(get_peers),
+        "get_peers_failed": len(get_peers) - len(finite),
+        "get_peers_p50_ms": percentile(finite, 50) * 1000,
+        "get_peers_p99_ms": percentile(finite, 99) * 1000,
+    }
+
+
 def worker_main(plan: Plan, results: Any) -> None:
     """Entry point of a worker process: drive the plan, put the tallies and own CPU time on the queue."""
     tally = asyncio.run(_drive(plan))
@@ -250,14 +385,22 @@ def run_phase(args: argparse.Namespace, address: str, tracker_pid: int, mode: st
 def describe(result: dict[str, Any], args: argparse.Namespace) -> str:
     """One phase as readable lines."""
     lines = [f"== {result['mode']}"]
+    if result["mode"] == "streams":
+        lines.append(
+            f"  streams           {result['streams_open']} open ({result['errors']} errors), all listed after "
+            f"{result['ramp_seconds']:.0f} s; {result['deltas']} deltas sent in all ({args.churn:g}/s)"
+        )
     if result["offered_per_s"]:
         lines.append(
             f"  offered           {result['offered_per_s']:.0f} announces/s ({args.peers} peers every "
             f"{args.interval:g} s, {args.files_per_peer} files each)"
         )
+    if result["mode"] != "streams":
+        lines.append(
+            f"  sustained         {result['announces_per_s']:.0f} announces/s ({result['errors']} errors), "
+            f"announce p50 {result['announce_p50_ms']:.1f} ms p99 {result['announce_p99_ms']:.1f} ms"
+        )
     lines += [
-        f"  sustained         {result['announces_per_s']:.0f} announces/s ({result['errors']} errors), "
-        f"announce p50 {result['announce_p50_ms']:.1f} ms p99 {result['announce_p99_ms']:.1f} ms",
         f"  tracker           CPU {result['tracker_cpu_pct']:.0f}% of one core, RSS {result['tracker_rss_mb']:.0f} MB "
         f"(peak {result['tracker_peak_rss_mb']:.0f} MB), lists {result['live_peers_listed']} live peers",
         f"  load generator    CPU {result['loadgen_cpu_pct']:.0f}% of one core ({args.workers} processes)",
@@ -285,6 +428,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--warmup", type=float, default=4.0, help="seconds before each measuring window opens")
     parser.add_argument("--probe-rate", type=float, default=20.0, help="GetPeers calls per second while paced")
     parser.add_argument("--skip-saturate", action="store_true")
+    parser.add_argument("--streams", action="store_true", help="Session streams instead of paced and saturate")
+    parser.add_argument("--churn", type=float, default=100.0, help="deltas per second across all stream peers")
     parser.add_argument("--json", type=Path, default=None, help="also write the figures here")
     args = parser.parse_args(argv)
     if args.peers < 1 or args.workers < 1 or args.channels < 1 or args.concurrency < 1:
@@ -324,13 +469,19 @@ def main(argv: list[str] | None = None) -> int:
             f"tracker pid {tracker.pid} on {address}; {os.cpu_count()} cores shared with the load generator; "
             f"load average before {load}"
         )
-        for mode in ("paced", "saturate"):
+        if args.streams:
+            result = run_streams(args, address, tracker.pid)
+            results.append(result)
+            print(describe(result, args), flush=True)
+        for mode in () if args.streams else ("paced", "saturate"):
             if mode == "saturate" and args.skip_saturate:
                 continue
             result = run_phase(args, address, tracker.pid, mode)
             results.append(result)
             print(describe(result, args), flush=True)
         print("load average after " + " ".join(f"{x:.1f}" for x in os.getloadavg()))
+        if args.streams:
+            return 0 if results[0]["live_peers_listed"] >= args.peers else 1
         best = max(r["announces_per_s"] for r in results)
         verdict = "reaches" if best >= KRAKEN_RATE else "does not reach"
         print(

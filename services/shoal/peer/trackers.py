@@ -16,6 +16,7 @@ import grpc
 from shoal import net
 from shoal.peer.credentials import TrackerSecrets
 from shoal.peer.errors import TrackersUnavailable
+from shoal.peer.tracker_stream import ReplicaSession, Snapshot, StreamUnsupported
 from shoal.store import Entry
 from shoal.v1 import common_pb2, tracker_pb2, tracker_pb2_grpc
 
@@ -27,10 +28,11 @@ MERGE_GRACE = 0.25  # seconds other replicas get to join a merged answer once on
 
 
 class _Replica:
-    def __init__(self, address: str) -> None:
+    def __init__(self, address: str, secrets: TrackerSecrets, snapshot: Snapshot) -> None:
         self.address = address
         self.channel = net.open_channel(address)
         self.stub = tracker_pb2_grpc.TrackerStub(self.channel)
+        self.session = ReplicaSession(address, self.stub, secrets, snapshot)
         self.up = False
         self.failures = 0
         self.next_announce = 0.0
@@ -94,7 +96,7 @@ class TrackerClient:
     @property
     def up(self) -> list[str]:
         """Replicas that answered the last announce."""
-        return sorted(a for a, r in self._replicas.items() if r.up)
+        return sorted(a for a, r in self._replicas.items() if r.up or r.session.up)
 
     async def refresh(self) -> None:
         """Re-resolve tracker names; add new replicas, drop vanished ones."""
@@ -110,7 +112,7 @@ class TrackerClient:
             wanted.update(self._replicas)
         for address in wanted - set(self._replicas):
             logger.info("tracker replica %s added", address)
-            self._replicas[address] = _Replica(address)
+            self._replicas[address] = _Replica(address, self.secrets, self._announcement)
         for address in set(self._replicas) - wanted:
             logger.info("tracker replica %s gone", address)
             gone = self._replicas.pop(address)
@@ -126,6 +128,12 @@ class TrackerClient:
         return tracker_pb2.AnnounceRequest(peer=self._me, files=self._holdings())
 
     async def _announce_one(self, replica: _Replica, request: tracker_pb2.AnnounceRequest) -> None:
+        if replica.session.wanted():  # a Session stream holds the lease until the peer leaves
+            replica.up = False
+            try:
+                return await replica.session.run()
+            except StreamUnsupported:  # an older tracker: announce as before
+                pass
         request = await self.secrets.announcement(request, replica.address)
         try:
             # wait_for_ready: a replica that just came back is reached as soon as the channel reconnects,
@@ -158,6 +166,9 @@ class TrackerClient:
 
         Each replica's announce runs on its own, so a hung replica never delays the others' leases.
         """
+        if force:
+            for replica in self._replicas.values():
+                replica.session.poke()
         now = time.monotonic()
         due = [
             r
@@ -198,6 +209,7 @@ class TrackerClient:
         """Tell every replica we are leaving (best effort, short deadline)."""
 
         async def one(replica: _Replica) -> None:
+            await replica.session.leave()
             try:
                 await replica.stub.Leave(self.secrets.leave_request(self._me.peer_id, replica.address), timeout=1.0)
             except grpc.aio.AioRpcError as err:

@@ -10,32 +10,29 @@ from collections.abc import Callable, Iterable, Iterator
 from prometheus_client.metrics_core import Metric
 
 from shoal.exporter import ProcessMetrics, counter, gauge, on_loop
-from shoal.tracker.registry import Holding, Peer, Registry
+from shoal.tracker.registry import Registry
 
 logger = logging.getLogger(__name__)
 
 
 class WatchedRegistry(Registry):
-    """A Registry that remembers when it started and last heard an announce, on the clock it was given."""
+    """A Registry that remembers when it started, on the clock it was given."""
 
     def __init__(self, ttl: float, clock: Callable[[], float] = time.monotonic) -> None:
         super().__init__(ttl, clock)
         self._watch_clock = clock
         self._started_at = clock()
-        self._last_announce_at: float | None = None
-
-    def announce(self, peer: Peer, holdings: Iterable[Holding]) -> bool:
-        """Registry.announce, stamped."""
-        self._last_announce_at = self._watch_clock()
-        return super().announce(peer, holdings)
 
     def uptime(self) -> float:
         """Seconds since this registry was made."""
         return self._watch_clock() - self._started_at
 
     def view_age(self) -> float:
-        """Seconds since the last announce (since start if none yet)."""
-        newest = self._last_announce_at if self._last_announce_at is not None else self._started_at
+        """0 while a session is open (its stream keeps the view live), else seconds since the last announce or
+        update (since start if none yet)."""
+        if self.sessions:
+            return 0.0
+        newest = self.heard_at if self.heard_at is not None else self._started_at
         return self._watch_clock() - newest
 
 
@@ -55,7 +52,17 @@ class TrackerCollector:
         stats = registry.stats()
         yield gauge("shoal_tracker_live_peers", "Peers whose lease has not lapsed.", stats.peers)
         yield gauge("shoal_tracker_files", "Files held by at least one live peer.", stats.files)
-        yield counter("shoal_tracker_announces_total", "Announces received.", stats.announces_total)
+        yield counter(
+            "shoal_tracker_announces_total",
+            "Announces received (a session's first update counts as one).",
+            stats.announces_total,
+        )
+        yield gauge("shoal_tracker_sessions", "Live peers whose lease an open Session stream holds.", stats.sessions)
+        yield counter(
+            "shoal_tracker_session_updates_total",
+            "Session updates applied after the first.",
+            stats.session_updates_total,
+        )
         yield counter("shoal_tracker_lease_expiries_total", "Peers dropped for a lapsed lease.", stats.expiries_total)
         yield gauge(
             "shoal_tracker_lease_ttl_seconds", "Lease length: a peer silent this long is dropped.", registry.ttl
@@ -63,8 +70,8 @@ class TrackerCollector:
         yield gauge("shoal_tracker_uptime_seconds", "Seconds since this tracker replica started.", registry.uptime())
         yield gauge(
             "shoal_tracker_view_age_seconds",
-            "Seconds since this replica last heard an announce (since start if none yet): "
-            "how stale its view of the swarm may be.",
+            "Seconds since this replica last heard an announce or session update (since start if none yet; 0 while "
+            "a session is open): how stale its view of the swarm may be.",
             registry.view_age(),
         )
 

@@ -1,18 +1,51 @@
-"""Soft-state registry of live peers and their files, kept alive by announce leases."""
+"""Soft-state registry of live peers and their files, kept alive by announce leases or by open sessions."""
 
 from __future__ import annotations
 
 import hmac
 import logging
+import math
 import random
 import secrets
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from typing import NamedTuple
 
 from shoal.tracker.files import FileIndex, FileMeta, Holding
+from shoal.tracker.model import (
+    AddressTaken,
+    Announced,
+    Holder,
+    Limits,
+    NotOwner,
+    Opened,
+    Peer,
+    RegistryError,
+    RegistryFull,
+    SearchHit,
+    SessionLost,
+    Stats,
+)
+
+__all__ = [
+    "AddressTaken",
+    "Announced",
+    "FileMeta",
+    "Holder",
+    "Holding",
+    "Limits",
+    "NotOwner",
+    "Opened",
+    "Peer",
+    "Registry",
+    "RegistryError",
+    "RegistryFull",
+    "SearchHit",
+    "SessionLost",
+    "Stats",
+    "clamp_limit",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -26,85 +59,13 @@ MIN_SECRET = 22  # characters a secret the peer brings needs to be kept (~128 bi
 CAP_LOG_EVERY = 10.0  # seconds between log lines about files left out for a cap
 
 
-class RegistryError(Exception):
-    """A request the registry refuses; the registry is left as it was."""
-
-
-class NotOwner(RegistryError):
-    """The request cannot prove the peer id it names (the id is bound to a secret it does not carry)."""
-
-
-class AddressTaken(RegistryError):
-    """Another live peer holds the address."""
-
-
-class RegistryFull(RegistryError):
-    """The registry holds its maximum of peers."""
-
-
-@dataclass(frozen=True, slots=True)
-class Limits:
-    """Caps on the registry's size: peers, distinct files, and (peer, file) holdings."""
-
-    max_peers: int = 20_000
-    max_files: int = 200_000
-    max_holdings: int = 2_000_000
-
-
-@dataclass(frozen=True, slots=True)
-class Peer:
-    """A peer as other peers dial it."""
-
-    peer_id: str
-    address: str
-    zone: str = ""
-
-
-class SearchHit(NamedTuple):
-    """A file matching a search and how many live peers hold it."""
-
-    file: FileMeta
-    complete_holders: int
-    partial_holders: int
-
-
-class Holder(NamedTuple):
-    """A live peer holding a file."""
-
-    peer: Peer
-    complete: bool
-
-
-@dataclass(frozen=True, slots=True)
-class Stats:
-    """Counters for metrics."""
-
-    peers: int
-    files: int
-    announces_total: int
-    expiries_total: int
-    holdings: int = 0
-    max_peers: int = 0
-    max_files: int = 0
-    max_holdings: int = 0
-    refused_peers_total: int = 0  # announces of new peers refused because the registry was full
-    refused_holdings_total: int = 0  # announced files left out because a file or holding cap was reached
-    denied_total: int = 0  # announces and leaves refused: unproven id or an address another live peer holds
-
-
-class Announced(NamedTuple):
-    """What an announce did: whether the peer joined, and the secret its lease is bound to ("" if none)."""
-
-    joined: bool
-    secret: str
-
-
 @dataclass(slots=True)
 class _Lease:
     peer: Peer
     expires_at: float
     holdings: dict[str, Holding]
     secret: str = ""  # "" : not bound (registered by a peer that does not keep secrets)
+    session: int = 0  # token of the Session stream holding the lease (expires_at is then inf); 0: announces do
 
 
 def clamp_limit(limit: int, default: int, maximum: int) -> int:
@@ -115,26 +76,30 @@ def clamp_limit(limit: int, default: int, maximum: int) -> int:
 class Registry:
     """Live peers with leases, and an index from file id to holders.
 
-    Lease rule: a peer is live while clock() < expires_at, where expires_at = last announce + ttl.
-    Every read ignores lapsed peers at once; expire() only reclaims their memory. Because ttl is fixed and the
-    clock never goes back, leases expire in the order they were last renewed, so they are kept in an
-    OrderedDict in that order: renewing is move_to_end, expiring pops from the front.
+    Lease rule: a peer is live while clock() < expires_at. An announce sets expires_at = now + ttl; a lease held
+    by an open session (open_session) has expires_at = inf and ends only when close_session says the stream ended
+    (no timer, no per-peer work while it lives). Every read ignores lapsed peers at once; expire() only reclaims
+    their memory. Because ttl is fixed and the clock never goes back, timed leases expire in the order they were
+    last renewed, so they are kept in an OrderedDict in that order: renewing is move_to_end, expiring pops from
+    the front. The newest registration of an id owns its lease: an announce detaches it from its session, a new
+    session supersedes the old one, and a superseded session can neither update nor end the lease (SessionLost).
 
-    Identity rule (announce_as, leave_as): a lease that starts while its id has no live lease is bound to a secret
-    when the announce sets accepts_secret, and unbound otherwise. The secret is the one the request carries if it
-    has at least MIN_SECRET characters (a peer keeps its secret across replica restarts and lost replies), else a
-    fresh random one; the reply returns it. While the lease stays live, a bound id is renewed or ended only by a
-    request carrying that secret (else NotOwner); an unbound id stays unbound and open to anyone, as before secrets
-    existed, so older peers keep working during a rolling upgrade. Once the lease lapses the id is free again: the
-    next announce starts a new lease (this is also all a restarted replica sees, so it never fails a peer). Each
-    replica keeps its own bindings; nothing is shared between replicas.
+    Identity rule (announce_as, leave_as, open_session): a lease that starts while its id has no live lease is
+    bound to a secret when the announce sets accepts_secret, and unbound otherwise. The secret is the one the
+    request carries if it has at least MIN_SECRET characters (a peer keeps its secret across replica restarts and
+    lost replies), else a fresh random one; the reply returns it. While the lease stays live, a bound id is renewed
+    or ended only by a request carrying that secret (else NotOwner); an unbound id stays unbound and open to anyone,
+    as before secrets existed, so older peers keep working during a rolling upgrade. Once the lease lapses the id
+    is free again: the next announce starts a new lease (this is also all a restarted replica sees, so it never
+    fails a peer). Each replica keeps its own bindings; nothing is shared between replicas. A session's later
+    updates need no secret: the stream itself proves it is the one that opened the lease.
     Address rule: an address held by a live peer is never taken by another id (AddressTaken).
 
     Name rule (FileIndex): a file's name and size are those most of its current holders report; on a tie, those
     of the holder that has held it longest (a lapsed holder counts until expire() sweeps it, every 0.5 s).
 
     Caps (Limits): a new peer beyond max_peers is refused (RegistryFull); files beyond max_files or holdings
-    beyond max_holdings are left out of the announce that brings them, which is otherwise applied.
+    beyond max_holdings are left out of the announce or update that brings them, which is otherwise applied.
     """
 
     def __init__(self, ttl: float, clock: Callable[[], float] = time.monotonic, limits: Limits | None = None) -> None:
@@ -143,7 +108,8 @@ class Registry:
         self._ttl = ttl
         self._clock = clock
         self.limits = limits if limits is not None else Limits()
-        self._leases: OrderedDict[str, _Lease] = OrderedDict()  # oldest lease first
+        self._leases: dict[str, _Lease] = {}  # every lease, timed or held by a session
+        self._timed: OrderedDict[str, _Lease] = OrderedDict()  # leases kept by announces, oldest renewal first
         self._by_address: dict[str, str] = {}
         self._files = FileIndex()
         self._holdings = 0
@@ -152,28 +118,27 @@ class Registry:
         self._refused_peers = 0
         self._refused_holdings = 0
         self._denied = 0
+        self._updates = 0
+        self._last_session = 0
         self._cap_logged_at = float("-inf")
+        self.heard_at: float | None = None  # clock() of the last announce or session update; None before any
 
     @property
     def ttl(self) -> float:
         """Lease length in seconds."""
         return self._ttl
 
+    @property
+    def sessions(self) -> int:
+        """Leases held by an open session."""
+        return len(self._leases) - len(self._timed)
+
     def announce_as(
         self, peer: Peer, holdings: Iterable[Holding], secret: str = "", accepts_secret: bool = False
     ) -> Announced:
         """Announce after checking the identity rule (see the class docstring); raise NotOwner if unproven."""
-        lease = self._live_lease(peer.peer_id)
-        if lease is not None and lease.secret and not _same(secret, lease.secret):
-            self._denied += 1
-            raise NotOwner(peer.peer_id)
-        joined = self.announce(peer, holdings)
-        lease = self._leases[peer.peer_id]
-        if joined and not accepts_secret:
-            lease.secret = ""
-        elif joined:
-            lease.secret = secret if len(secret) >= MIN_SECRET else secrets.token_urlsafe(SECRET_BYTES)
-        return Announced(joined, lease.secret)
+        joined, secret, _ = self._announce_as(peer, holdings, secret, accepts_secret)
+        return Announced(joined, secret)
 
     def leave_as(self, peer_id: str, secret: str = "") -> bool:
         """Leave after checking the identity rule; raise NotOwner if the live lease is bound to another secret."""
@@ -188,35 +153,46 @@ class Registry:
 
         Trusts the caller with the id (announce_as checks it); raises AddressTaken or RegistryFull, changing nothing.
         """
-        now = self._clock()
-        lease = self._leases.get(peer.peer_id)
-        joined = lease is None or lease.expires_at <= now
+        return self._announce(peer, holdings)[0]
 
-        other = self._by_address.get(peer.address)
-        if other is not None and other != peer.peer_id:
-            if self._leases[other].expires_at > now:
-                self._denied += 1
-                raise AddressTaken(peer.address)
-            self._drop(other)
-        if lease is None and len(self._leases) >= self.limits.max_peers:
-            self.expire()
-            if len(self._leases) >= self.limits.max_peers:
-                self._refused_peers += 1
-                raise RegistryFull(peer.peer_id)
-        self._announces += 1
+    def open_session(
+        self, peer: Peer, holdings: Iterable[Holding], secret: str = "", accepts_secret: bool = False
+    ) -> Opened:
+        """Announce as announce_as does, then tie the lease to a new session: it lives until close_session."""
+        joined, secret, left_out = self._announce_as(peer, holdings, secret, accepts_secret)
+        lease = self._timed.pop(peer.peer_id)
+        lease.expires_at = math.inf
+        self._last_session += 1
+        lease.session = self._last_session
+        return Opened(joined, secret, lease.session, left_out)
 
-        if lease is None:
-            lease = _Lease(peer, now + self._ttl, {})
-            self._leases[peer.peer_id] = lease
-        else:
-            if lease.peer.address != peer.address:
-                self._forget_address(lease.peer)
-            lease.peer = peer
-            lease.expires_at = now + self._ttl
-            self._leases.move_to_end(peer.peer_id)
-        self._by_address[peer.address] = peer.peer_id
-        self._replace_holdings(lease, {h.file_id: h for h in holdings})
-        return joined
+    def update_session(self, peer_id: str, session: int, held: Iterable[Holding], dropped: Iterable[str] = ()) -> int:
+        """Apply a session's delta (dropped ids first, then held files); return how many files caps left out.
+
+        O(size of the delta). Raises SessionLost, changing nothing, if the session no longer holds the lease.
+        """
+        lease = self._leases.get(peer_id)
+        if lease is None or lease.session != session:
+            raise SessionLost(peer_id)
+        self._updates += 1
+        self.heard_at = self._clock()
+        for file_id in dropped:
+            if lease.holdings.pop(file_id, None) is not None:
+                self._unindex(file_id, peer_id)
+        refused = 0
+        for holding in held:
+            if not self._hold(lease, holding):
+                refused += 1
+        self._left_out(peer_id, refused)
+        return refused
+
+    def close_session(self, peer_id: str, session: int) -> bool:
+        """The session's stream ended: drop its peer at once; False if the session had lost the lease already."""
+        lease = self._leases.get(peer_id)
+        if lease is None or lease.session != session:
+            return False
+        self._drop(peer_id)
+        return True
 
     def leave(self, peer_id: str) -> bool:
         """Forget a peer at once; True if it was live."""
@@ -228,11 +204,11 @@ class Registry:
         return live
 
     def expire(self) -> list[str]:
-        """Drop every peer whose lease has passed and return their ids (O(expired), not O(peers))."""
+        """Drop every peer whose timed lease has passed and return their ids (O(expired), not O(peers))."""
         now = self._clock()
         gone: list[str] = []
-        while self._leases:
-            peer_id, lease = next(iter(self._leases.items()))
+        while self._timed:
+            peer_id, lease = next(iter(self._timed.items()))
             if lease.expires_at > now:
                 break
             self._drop(peer_id)
@@ -245,6 +221,7 @@ class Registry:
         limit = clamp_limit(limit, DEFAULT_SEARCH_LIMIT, MAX_SEARCH_LIMIT)
         folded = term.casefold()
         now = self._clock()
+        leases = self._leases
         hits: list[SearchHit] = []
         for file_id in self._files.sorted_ids():
             entry = self._files.entries[file_id]
@@ -252,7 +229,7 @@ class Registry:
                 continue
             complete = partial = 0
             for peer_id, holding in entry.holders.items():
-                if self._leases[peer_id].expires_at > now:
+                if leases[peer_id].expires_at > now:
                     if holding.complete:
                         complete += 1
                     else:
@@ -270,15 +247,17 @@ class Registry:
         if entry is None:
             return []
         now = self._clock()
+        leases = self._leases
         complete: list[Peer] = []
         partial: list[Peer] = []
         for peer_id, holding in entry.holders.items():
-            lease = self._leases[peer_id]
-            if peer_id != exclude_peer_id and lease.expires_at > now:
+            lease = leases[peer_id]
+            if lease.expires_at > now and peer_id != exclude_peer_id:
                 (complete if holding.complete else partial).append(lease.peer)
         picked = [Holder(p, True) for p in random.sample(complete, min(limit, len(complete)))]
         rest = limit - len(picked)
-        picked += [Holder(p, False) for p in random.sample(partial, min(rest, len(partial)))]
+        if rest > 0 and partial:
+            picked += [Holder(p, False) for p in random.sample(partial, min(rest, len(partial)))]
         return picked
 
     def file_meta(self, file_id: str) -> FileMeta | None:
@@ -302,7 +281,7 @@ class Registry:
         """Live peer and file counts, caps, and lifetime totals."""
         now = self._clock()
         lapsed = 0
-        for lease in self._leases.values():  # oldest first: stops at the first live lease
+        for lease in self._timed.values():  # oldest first: stops at the first live lease
             if lease.expires_at > now:
                 break
             lapsed += 1
@@ -326,48 +305,113 @@ class Registry:
             refused_peers_total=self._refused_peers,
             refused_holdings_total=self._refused_holdings,
             denied_total=self._denied,
+            sessions=self.sessions,
+            session_updates_total=self._updates,
         )
 
     def _live_lease(self, peer_id: str) -> _Lease | None:
         lease = self._leases.get(peer_id)
         return lease if lease is not None and lease.expires_at > self._clock() else None
 
-    def _replace_holdings(self, lease: _Lease, new: dict[str, Holding]) -> None:
+    def _announce_as(
+        self, peer: Peer, holdings: Iterable[Holding], secret: str, accepts_secret: bool
+    ) -> tuple[bool, str, int]:
+        """(joined, bound secret, files left out) after the identity rule; raise NotOwner if unproven."""
+        lease = self._live_lease(peer.peer_id)
+        if lease is not None and lease.secret and not _same(secret, lease.secret):
+            self._denied += 1
+            raise NotOwner(peer.peer_id)
+        joined, left_out = self._announce(peer, holdings)
+        lease = self._leases[peer.peer_id]
+        if joined and not accepts_secret:
+            lease.secret = ""
+        elif joined:
+            lease.secret = secret if len(secret) >= MIN_SECRET else secrets.token_urlsafe(SECRET_BYTES)
+        return joined, lease.secret, left_out
+
+    def _announce(self, peer: Peer, holdings: Iterable[Holding]) -> tuple[bool, int]:
+        """(joined, files left out): a timed lease renewed (detached from any session) with these holdings."""
+        now = self._clock()
+        lease = self._leases.get(peer.peer_id)
+        joined = lease is None or lease.expires_at <= now
+
+        other = self._by_address.get(peer.address)
+        if other is not None and other != peer.peer_id:
+            if self._leases[other].expires_at > now:
+                self._denied += 1
+                raise AddressTaken(peer.address)
+            self._drop(other)
+        if lease is None and len(self._leases) >= self.limits.max_peers:
+            self.expire()
+            if len(self._leases) >= self.limits.max_peers:
+                self._refused_peers += 1
+                raise RegistryFull(peer.peer_id)
+        self._announces += 1
+        self.heard_at = now
+
+        if lease is None:
+            lease = _Lease(peer, now + self._ttl, {})
+            self._leases[peer.peer_id] = lease
+        else:
+            if lease.peer.address != peer.address:
+                self._forget_address(lease.peer)
+            lease.peer = peer
+            lease.expires_at = now + self._ttl
+            lease.session = 0
+        self._timed[peer.peer_id] = lease
+        self._timed.move_to_end(peer.peer_id)
+        self._by_address[peer.address] = peer.peer_id
+        return joined, self._replace_holdings(lease, {h.file_id: h for h in holdings})
+
+    def _replace_holdings(self, lease: _Lease, new: dict[str, Holding]) -> int:
         """Unindex what the peer dropped first (freeing room), then index the rest while the caps allow."""
         old = lease.holdings
         if new == old:
-            return
+            return 0
         peer_id = lease.peer.peer_id
         for file_id in old.keys() - new.keys():
+            del old[file_id]
             self._unindex(file_id, peer_id)
-        kept: dict[str, Holding] = {}
         refused = 0
-        for file_id, holding in new.items():
-            if file_id not in old:
-                if self._holdings >= self.limits.max_holdings or (
-                    file_id not in self._files and len(self._files) >= self.limits.max_files
-                ):
-                    refused += 1
-                    continue
-                self._holdings += 1
-            if old.get(file_id) != holding:
-                self._files.add(holding, peer_id)
-            kept[file_id] = holding
-        lease.holdings = kept
-        if refused:
-            self._refused_holdings += refused
-            now = self._clock()
-            if now - self._cap_logged_at < CAP_LOG_EVERY:
-                return
-            self._cap_logged_at = now
-            logger.warning(
-                "peer %r: %d announced files left out (caps: %d files, %d holdings; %d left out in all)",
-                peer_id[:64],
-                refused,
-                self.limits.max_files,
-                self.limits.max_holdings,
-                self._refused_holdings,
-            )
+        for holding in new.values():
+            if not self._hold(lease, holding):
+                refused += 1
+        self._left_out(peer_id, refused)
+        return refused
+
+    def _hold(self, lease: _Lease, holding: Holding) -> bool:
+        """Index one holding of the lease (new, or replacing its own); False if a cap leaves a new one out."""
+        file_id = holding.file_id
+        before = lease.holdings.get(file_id)
+        if before is None:
+            if self._holdings >= self.limits.max_holdings or (
+                file_id not in self._files and len(self._files) >= self.limits.max_files
+            ):
+                return False
+            self._holdings += 1
+        elif before == holding:
+            return True
+        self._files.add(holding, lease.peer.peer_id)
+        lease.holdings[file_id] = holding
+        return True
+
+    def _left_out(self, peer_id: str, refused: int) -> None:
+        """Count files a cap left out, and say so in the log at most every CAP_LOG_EVERY seconds."""
+        if not refused:
+            return
+        self._refused_holdings += refused
+        now = self._clock()
+        if now - self._cap_logged_at < CAP_LOG_EVERY:
+            return
+        self._cap_logged_at = now
+        logger.warning(
+            "peer %r: %d announced files left out (caps: %d files, %d holdings; %d left out in all)",
+            peer_id[:64],
+            refused,
+            self.limits.max_files,
+            self.limits.max_holdings,
+            self._refused_holdings,
+        )
 
     def _unindex(self, file_id: str, peer_id: str) -> None:
         self._files.remove(file_id, peer_id)
@@ -375,6 +419,7 @@ class Registry:
 
     def _drop(self, peer_id: str) -> None:
         lease = self._leases.pop(peer_id)
+        self._timed.pop(peer_id, None)
         self._forget_address(lease.peer)
         for file_id in lease.holdings:
             self._unindex(file_id, peer_id)

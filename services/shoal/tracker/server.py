@@ -6,19 +6,34 @@ import asyncio
 import contextlib
 import logging
 import signal
-import time
-from collections.abc import Callable, Sequence
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from typing import NoReturn
 
 import grpc
 
-from shoal import content, net
+from shoal import net
 from shoal.config import TrackerConfig
 from shoal.exporter import ProcessMetrics
 from shoal.health import Health
+from shoal.tracker.checks import (
+    MAX_FILES_PER_ANNOUNCE,
+    MAX_REQUEST_BYTES,
+    MAX_TERM,
+    REFUSAL_LOGS_PER_SECOND,
+    RefusalLog,
+    check_file_id,
+    check_peer_id,
+    check_secret,
+    holdings_from_proto,
+    peer_from_proto,
+    peer_to_proto,
+    refusal,
+    shown,
+)
 from shoal.tracker.metrics import WatchedRegistry, watch_tracker
-from shoal.tracker.registry import AddressTaken, Holding, Limits, NotOwner, Peer, Registry, RegistryFull
+from shoal.tracker.registry import Limits, NotOwner, Registry, RegistryError
+from shoal.tracker.session import KEEPALIVE_OPTIONS, hold_session
 from shoal.v1 import common_pb2, tracker_pb2, tracker_pb2_grpc
 
 logger = logging.getLogger(__name__)
@@ -26,109 +41,7 @@ logger = logging.getLogger(__name__)
 SERVICE_NAME = "shoal.v1.Tracker"
 EXPIRE_EVERY = 0.5  # seconds between sweeps of lapsed leases
 STOP_GRACE = 2.0
-
-# Caps on what a request may carry (UTF-8 bytes for strings); anything over one is INVALID_ARGUMENT.
-MAX_PEER_ID = 128
-MAX_ADDRESS = 256
-MAX_ZONE = 128
-MAX_NAME = content.MAX_NAME_BYTES
-MAX_SECRET = 128
-MAX_TERM = 255
-MAX_FILES_PER_ANNOUNCE = 10_000
-# A full announce (10,000 files with 255-byte names) is ~3.4 MB; grpc refuses bigger requests with RESOURCE_EXHAUSTED.
-MAX_REQUEST_BYTES = 4 * 1024 * 1024
-SHOWN = 64  # characters of an attacker's string kept in replies and logs
-REFUSAL_LOGS_PER_SECOND = 20
-
-
-def shown(text: str) -> str:
-    """A caller's string for a reply or a log line: shortened, and repr'd so control characters stay escaped."""
-    return repr(text[:SHOWN] + ("..." if len(text) > SHOWN else ""))
-
-
-def _check_text(value: str, what: str, cap: int, *, required: bool = False) -> str:
-    if required and not value:
-        raise ValueError(f"{what} is required")
-    if len(value.encode("utf-8", "surrogatepass")) > cap:
-        raise ValueError(f"{what} longer than {cap} bytes: {shown(value)}")
-    if not value.isprintable():
-        raise ValueError(f"{what} has control characters: {shown(value)}")
-    return value
-
-
-def check_file_id(file_id: str) -> str:
-    """Return file_id if it is 64 lowercase hex characters, else raise ValueError."""
-    if not content.FILE_ID.fullmatch(file_id):  # strict: the canonical form only, no normalising
-        raise ValueError(f"file_id must be 64 lowercase hex characters, got {shown(file_id)}")
-    return file_id
-
-
-def check_peer_id(peer_id: str) -> str:
-    """Return peer_id if it is non-empty, printable and at most MAX_PEER_ID bytes, else raise ValueError."""
-    return _check_text(peer_id, "peer_id", MAX_PEER_ID, required=True)
-
-
-def check_secret(secret: str) -> str:
-    """Return a presented peer secret if it is at most MAX_SECRET bytes, else raise ValueError."""
-    if len(secret.encode("utf-8", "surrogatepass")) > MAX_SECRET:
-        raise ValueError(f"peer_secret longer than {MAX_SECRET} bytes")  # never echoed: it may be someone's secret
-    return secret
-
-
-def peer_from_proto(info: common_pb2.PeerInfo) -> Peer:
-    """Validate a PeerInfo and convert it; raise ValueError on bad input."""
-    check_peer_id(info.peer_id)
-    _check_text(info.address, "peer address", MAX_ADDRESS, required=True)
-    try:
-        net.split_host_port(info.address)
-    except ValueError:
-        raise ValueError(f"peer address must be host:port, got {shown(info.address)}") from None
-    _check_text(info.zone, "zone", MAX_ZONE)
-    return Peer(info.peer_id, info.address, info.zone)
-
-
-def holdings_from_proto(files: Sequence[tracker_pb2.HeldFile]) -> list[Holding]:
-    """Validate announced files and convert them; raise ValueError on bad input."""
-    if len(files) > MAX_FILES_PER_ANNOUNCE:
-        raise ValueError(f"at most {MAX_FILES_PER_ANNOUNCE} files per announce, got {len(files)}")
-    holdings = []
-    for held in files:
-        info = held.file
-        check_file_id(info.file_id)
-        if len(info.name.encode("utf-8", "surrogatepass")) > MAX_NAME:
-            raise ValueError(f"name of file {info.file_id} longer than {MAX_NAME} bytes: {shown(info.name)}")
-        if info.size > content.MAX_FILE_SIZE:
-            raise ValueError(f"size of file {info.file_id} over {content.MAX_FILE_SIZE} bytes: {info.size}")
-        holdings.append(Holding(info.file_id, info.name, info.size, held.complete))
-    return holdings
-
-
-def peer_to_proto(peer: Peer) -> common_pb2.PeerInfo:
-    """Convert a registry peer to its wire form."""
-    return common_pb2.PeerInfo(peer_id=peer.peer_id, address=peer.address, zone=peer.zone)
-
-
-class _RefusalLog:
-    """One warning per refused request, at most `per_second` a second (a flood must not become a log flood)."""
-
-    def __init__(self, per_second: int, clock: Callable[[], float] = time.monotonic) -> None:
-        self._per_second = per_second
-        self._clock = clock
-        self._window = 0.0
-        self._logged = 0
-        self._suppressed = 0
-
-    def __call__(self, rpc: str, code: grpc.StatusCode, caller: str, detail: str) -> None:
-        now = self._clock()
-        if now - self._window >= 1.0:
-            self._window, self._logged = now, 0
-        if self._logged >= self._per_second:
-            self._suppressed += 1
-            return
-        self._logged += 1
-        extra = f" ({self._suppressed} more refusals not logged)" if self._suppressed else ""
-        self._suppressed = 0
-        logger.warning("%s from %s refused with %s: %s%s", rpc, caller, code.name, detail, extra)
+__all__ = ["MAX_FILES_PER_ANNOUNCE", "MAX_REQUEST_BYTES", "RunningTracker", "TrackerServicer", "start_tracker"]
 
 
 class TrackerServicer(tracker_pb2_grpc.TrackerServicer):
@@ -137,7 +50,7 @@ class TrackerServicer(tracker_pb2_grpc.TrackerServicer):
     def __init__(self, registry: Registry, cfg: TrackerConfig) -> None:
         self._registry = registry
         self._cfg = cfg
-        self._log_refusal = _RefusalLog(REFUSAL_LOGS_PER_SECOND)
+        self._log_refusal = RefusalLog(REFUSAL_LOGS_PER_SECOND)
 
     async def _refuse(
         self, context: grpc.aio.ServicerContext, rpc: str, code: grpc.StatusCode, detail: str
@@ -158,27 +71,8 @@ class TrackerServicer(tracker_pb2_grpc.TrackerServicer):
             await self._refuse(context, "Announce", grpc.StatusCode.INVALID_ARGUMENT, str(err))
         try:
             announced = self._registry.announce_as(peer, holdings, request.peer_secret, request.accepts_secret)
-        except NotOwner:
-            await self._refuse(
-                context,
-                "Announce",
-                grpc.StatusCode.PERMISSION_DENIED,
-                f"peer id {shown(peer.peer_id)} is bound to a secret this request does not carry",
-            )
-        except AddressTaken:
-            await self._refuse(
-                context,
-                "Announce",
-                grpc.StatusCode.ALREADY_EXISTS,
-                f"address {shown(peer.address)} is held by another live peer",
-            )
-        except RegistryFull:
-            await self._refuse(
-                context,
-                "Announce",
-                grpc.StatusCode.RESOURCE_EXHAUSTED,
-                f"tracker holds its maximum of {self._registry.limits.max_peers} peers",
-            )
+        except RegistryError as err:
+            await self._refuse(context, "Announce", *refusal(err, peer, self._registry.limits.max_peers))
         if announced.joined:
             logger.info(
                 "peer %r joined from %r with %d files%s",
@@ -190,6 +84,12 @@ class TrackerServicer(tracker_pb2_grpc.TrackerServicer):
         return tracker_pb2.AnnounceResponse(
             interval_seconds=self._cfg.announce_interval, ttl_seconds=self._registry.ttl, peer_secret=announced.secret
         )
+
+    async def Session(
+        self, request_iterator: AsyncIterator[tracker_pb2.SessionUpdate], context: grpc.aio.ServicerContext
+    ) -> None:
+        """Hold the caller's lease while the stream lives (shoal.tracker.session)."""
+        await hold_session(self._registry, context, self._refuse)
 
     async def Leave(
         self, request: tracker_pb2.LeaveRequest, context: grpc.aio.ServicerContext
@@ -297,8 +197,10 @@ async def sweep_leases(registry: Registry, every: float = EXPIRE_EVERY) -> None:
             logger.exception("lease sweep failed")
 
 
-SERVER_OPTIONS = [o for o in net.SERVER_OPTIONS if o[0] != "grpc.max_receive_message_length"] + [
-    ("grpc.max_receive_message_length", MAX_REQUEST_BYTES)
+_OWN = {"grpc.max_receive_message_length", *(name for name, _ in KEEPALIVE_OPTIONS)}
+SERVER_OPTIONS = [o for o in net.SERVER_OPTIONS if o[0] not in _OWN] + [
+    ("grpc.max_receive_message_length", MAX_REQUEST_BYTES),
+    *KEEPALIVE_OPTIONS,
 ]
 
 

@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from shoal.v1 import common_pb2 as shoal_dot_v1_dot_common__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x16shoal/v1/tracker.proto\x12\x08shoal.v1\x1a\x15shoal/v1/common.proto\">\n\x08HeldFile\x12 \n\x04\x66ile\x18\x01 \x01(\x0b\x32\x12.shoal.v1.FileInfo\x12\x10\n\x08\x63omplete\x18\x02 \x01(\x08\"\x83\x01\n\x0f\x41nnounceRequest\x12 \n\x04peer\x18\x01 \x01(\x0b\x32\x12.shoal.v1.PeerInfo\x12!\n\x05\x66iles\x18\x02 \x03(\x0b\x32\x12.shoal.v1.HeldFile\x12\x13\n\x0bpeer_secret\x18\x03 \x01(\t\x12\x16\n\x0e\x61\x63\x63\x65pts_secret\x18\x04 \x01(\x08\"V\n\x10\x41nnounceResponse\x12\x18\n\x10interval_seconds\x18\x01 \x01(\x01\x12\x13\n\x0bttl_seconds\x18\x02 \x01(\x01\x12\x13\n\x0bpeer_secret\x18\x03 \x01(\t\"4\n\x0cLeaveRequest\x12\x0f\n\x07peer_id\x18\x01 \x01(\t\x12\x13\n\x0bpeer_secret\x18\x02 \x01(\t\"\x0f\n\rLeaveResponse\"1\n\x12SearchFilesRequest\x12\x0c\n\x04term\x18\x01 \x01(\t\x12\r\n\x05limit\x18\x02 \x01(\r\"g\n\x10SearchFileResult\x12 \n\x04\x66ile\x18\x01 \x01(\x0b\x32\x12.shoal.v1.FileInfo\x12\x18\n\x10\x63omplete_holders\x18\x02 \x01(\r\x12\x17\n\x0fpartial_holders\x18\x03 \x01(\r\"B\n\x13SearchFilesResponse\x12+\n\x07results\x18\x01 \x03(\x0b\x32\x1a.shoal.v1.SearchFileResult\"J\n\x0fGetPeersRequest\x12\x0f\n\x07\x66ile_id\x18\x01 \x01(\t\x12\r\n\x05limit\x18\x02 \x01(\r\x12\x17\n\x0f\x65xclude_peer_id\x18\x03 \x01(\t\"<\n\x06Holder\x12 \n\x04peer\x18\x01 \x01(\x0b\x32\x12.shoal.v1.PeerInfo\x12\x10\n\x08\x63omplete\x18\x02 \x01(\x08\"W\n\x10GetPeersResponse\x12!\n\x07holders\x18\x01 \x03(\x0b\x32\x10.shoal.v1.Holder\x12 \n\x04\x66ile\x18\x02 \x01(\x0b\x32\x12.shoal.v1.FileInfo\"\x12\n\x10ListPeersRequest\"6\n\x11ListPeersResponse\x12!\n\x05peers\x18\x01 \x03(\x0b\x32\x12.shoal.v1.PeerInfo2\xdb\x02\n\x07Tracker\x12\x41\n\x08\x41nnounce\x12\x19.shoal.v1.AnnounceRequest\x1a\x1a.shoal.v1.AnnounceResponse\x12\x38\n\x05Leave\x12\x16.shoal.v1.LeaveRequest\x1a\x17.shoal.v1.LeaveResponse\x12J\n\x0bSearchFiles\x12\x1c.shoal.v1.SearchFilesRequest\x1a\x1d.shoal.v1.SearchFilesResponse\x12\x41\n\x08GetPeers\x12\x19.shoal.v1.GetPeersRequest\x1a\x1a.shoal.v1.GetPeersResponse\x12\x44\n\tListPeers\x12\x1a.shoal.v1.ListPeersRequest\x1a\x1b.shoal.v1.ListPeersResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x16shoal/v1/tracker.proto\x12\x08shoal.v1\x1a\x15shoal/v1/common.proto\">\n\x08HeldFile\x12 \n\x04\x66ile\x18\x01 \x01(\x0b\x32\x12.shoal.v1.FileInfo\x12\x10\n\x08\x63omplete\x18\x02 \x01(\x08\"\x83\x01\n\x0f\x41nnounceRequest\x12 \n\x04peer\x18\x01 \x01(\x0b\x32\x12.shoal.v1.PeerInfo\x12!\n\x05\x66iles\x18\x02 \x03(\x0b\x32\x12.shoal.v1.HeldFile\x12\x13\n\x0bpeer_secret\x18\x03 \x01(\t\x12\x16\n\x0e\x61\x63\x63\x65pts_secret\x18\x04 \x01(\x08\"V\n\x10\x41nnounceResponse\x12\x18\n\x10interval_seconds\x18\x01 \x01(\x01\x12\x13\n\x0bttl_seconds\x18\x02 \x01(\x01\x12\x13\n\x0bpeer_secret\x18\x03 \x01(\t\"\x9b\x01\n\rSessionUpdate\x12 \n\x04peer\x18\x01 \x01(\x0b\x32\x12.shoal.v1.PeerInfo\x12!\n\x05\x66iles\x18\x02 \x03(\x0b\x32\x12.shoal.v1.HeldFile\x12\x18\n\x10\x64ropped_file_ids\x18\x03 \x03(\t\x12\x13\n\x0bpeer_secret\x18\x04 \x01(\t\x12\x16\n\x0e\x61\x63\x63\x65pts_secret\x18\x05 \x01(\x08\"5\n\x0cSessionReply\x12\x13\n\x0bpeer_secret\x18\x01 \x01(\t\x12\x10\n\x08left_out\x18\x02 \x01(\r\"4\n\x0cLeaveRequest\x12\x0f\n\x07peer_id\x18\x01 \x01(\t\x12\x13\n\x0bpeer_secret\x18\x02 \x01(\t\"\x0f\n\rLeaveResponse\"1\n\x12SearchFilesRequest\x12\x0c\n\x04term\x18\x01 \x01(\t\x12\r\n\x05limit\x18\x02 \x01(\r\"g\n\x10SearchFileResult\x12 \n\x04\x66ile\x18\x01 \x01(\x0b\x32\x12.shoal.v1.FileInfo\x12\x18\n\x10\x63omplete_holders\x18\x02 \x01(\r\x12\x17\n\x0fpartial_holders\x18\x03 \x01(\r\"B\n\x13SearchFilesResponse\x12+\n\x07results\x18\x01 \x03(\x0b\x32\x1a.shoal.v1.SearchFileResult\"J\n\x0fGetPeersRequest\x12\x0f\n\x07\x66ile_id\x18\x01 \x01(\t\x12\r\n\x05limit\x18\x02 \x01(\r\x12\x17\n\x0f\x65xclude_peer_id\x18\x03 \x01(\t\"<\n\x06Holder\x12 \n\x04peer\x18\x01 \x01(\x0b\x32\x12.shoal.v1.PeerInfo\x12\x10\n\x08\x63omplete\x18\x02 \x01(\x08\"W\n\x10GetPeersResponse\x12!\n\x07holders\x18\x01 \x03(\x0b\x32\x10.shoal.v1.Holder\x12 \n\x04\x66ile\x18\x02 \x01(\x0b\x32\x12.shoal.v1.FileInfo\"\x12\n\x10ListPeersRequest\"6\n\x11ListPeersResponse\x12!\n\x05peers\x18\x01 \x03(\x0b\x32\x12.shoal.v1.PeerInfo2\x9b\x03\n\x07Tracker\x12\x41\n\x08\x41nnounce\x12\x19.shoal.v1.AnnounceRequest\x1a\x1a.shoal.v1.AnnounceResponse\x12\x38\n\x05Leave\x12\x16.shoal.v1.LeaveRequest\x1a\x17.shoal.v1.LeaveResponse\x12>\n\x07Session\x12\x17.shoal.v1.SessionUpdate\x1a\x16.shoal.v1.SessionReply(\x01\x30\x01\x12J\n\x0bSearchFiles\x12\x1c.shoal.v1.SearchFilesRequest\x1a\x1d.shoal.v1.SearchFilesResponse\x12\x41\n\x08GetPeers\x12\x19.shoal.v1.GetPeersRequest\x1a\x1a.shoal.v1.GetPeersResponse\x12\x44\n\tListPeers\x12\x1a.shoal.v1.ListPeersRequest\x1a\x1b.shoal.v1.ListPeersResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -38,26 +38,30 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_ANNOUNCEREQUEST']._serialized_end=255
   _globals['_ANNOUNCERESPONSE']._serialized_start=257
   _globals['_ANNOUNCERESPONSE']._serialized_end=343
-  _globals['_LEAVEREQUEST']._serialized_start=345
-  _globals['_LEAVEREQUEST']._serialized_end=397
-  _globals['_LEAVERESPONSE']._serialized_start=399
-  _globals['_LEAVERESPONSE']._serialized_end=414
-  _globals['_SEARCHFILESREQUEST']._serialized_start=416
-  _globals['_SEARCHFILESREQUEST']._serialized_end=465
-  _globals['_SEARCHFILERESULT']._serialized_start=467
-  _globals['_SEARCHFILERESULT']._serialized_end=570
-  _globals['_SEARCHFILESRESPONSE']._serialized_start=572
-  _globals['_SEARCHFILESRESPONSE']._serialized_end=638
-  _globals['_GETPEERSREQUEST']._serialized_start=640
-  _globals['_GETPEERSREQUEST']._serialized_end=714
-  _globals['_HOLDER']._serialized_start=716
-  _globals['_HOLDER']._serialized_end=776
-  _globals['_GETPEERSRESPONSE']._serialized_start=778
-  _globals['_GETPEERSRESPONSE']._serialized_end=865
-  _globals['_LISTPEERSREQUEST']._serialized_start=867
-  _globals['_LISTPEERSREQUEST']._serialized_end=885
-  _globals['_LISTPEERSRESPONSE']._serialized_start=887
-  _globals['_LISTPEERSRESPONSE']._serialized_end=941
-  _globals['_TRACKER']._serialized_start=944
-  _globals['_TRACKER']._serialized_end=1291
+  _globals['_SESSIONUPDATE']._serialized_start=346
+  _globals['_SESSIONUPDATE']._serialized_end=501
+  _globals['_SESSIONREPLY']._serialized_start=503
+  _globals['_SESSIONREPLY']._serialized_end=556
+  _globals['_LEAVEREQUEST']._serialized_start=558
+  _globals['_LEAVEREQUEST']._serialized_end=610
+  _globals['_LEAVERESPONSE']._serialized_start=612
+  _globals['_LEAVERESPONSE']._serialized_end=627
+  _globals['_SEARCHFILESREQUEST']._serialized_start=629
+  _globals['_SEARCHFILESREQUEST']._serialized_end=678
+  _globals['_SEARCHFILERESULT']._serialized_start=680
+  _globals['_SEARCHFILERESULT']._serialized_end=783
+  _globals['_SEARCHFILESRESPONSE']._serialized_start=785
+  _globals['_SEARCHFILESRESPONSE']._serialized_end=851
+  _globals['_GETPEERSREQUEST']._serialized_start=853
+  _globals['_GETPEERSREQUEST']._serialized_end=927
+  _globals['_HOLDER']._serialized_start=929
+  _globals['_HOLDER']._serialized_end=989
+  _globals['_GETPEERSRESPONSE']._serialized_start=991
+  _globals['_GETPEERSRESPONSE']._serialized_end=1078
+  _globals['_LISTPEERSREQUEST']._serialized_start=1080
+  _globals['_LISTPEERSREQUEST']._serialized_end=1098
+  _globals['_LISTPEERSRESPONSE']._serialized_start=1100
+  _globals['_LISTPEERSRESPONSE']._serialized_end=1154
+  _globals['_TRACKER']._serialized_start=1157
+  _globals['_TRACKER']._serialized_end=1568
 # @@protoc_insertion_point(module_scope)

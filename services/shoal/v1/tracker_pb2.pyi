@@ -120,6 +120,80 @@ class AnnounceResponse(_message.Message):
 Global___AnnounceResponse: _TypeAlias = AnnounceResponse  # noqa: Y015
 
 @_typing.final
+class SessionUpdate(_message.Message):
+    """SessionUpdate represents what changed in a peer's state since its previous update on the same stream."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PEER_FIELD_NUMBER: _builtins.int
+    FILES_FIELD_NUMBER: _builtins.int
+    DROPPED_FILE_IDS_FIELD_NUMBER: _builtins.int
+    PEER_SECRET_FIELD_NUMBER: _builtins.int
+    ACCEPTS_SECRET_FIELD_NUMBER: _builtins.int
+    peer_secret: _builtins.str
+    """First update only: as AnnounceRequest.peer_secret."""
+    accepts_secret: _builtins.bool
+    """First update only: as AnnounceRequest.accepts_secret."""
+    @_builtins.property
+    def peer(self) -> _common_pb2.PeerInfo:
+        """The peer: set in the first update, and only there."""
+
+    @_builtins.property
+    def files(self) -> _containers.RepeatedCompositeFieldContainer[Global___HeldFile]:
+        """Files added or changed since the previous update; in the first update, every file the peer holds or is
+        downloading. At most 10,000 per update.
+        """
+
+    @_builtins.property
+    def dropped_file_ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Ids of files the peer no longer holds, applied before `files` (at most 10,000 per update)."""
+
+    def __init__(
+        self,
+        *,
+        peer: _common_pb2.PeerInfo | None = ...,
+        files: _abc.Iterable[Global___HeldFile] | None = ...,
+        dropped_file_ids: _abc.Iterable[_builtins.str] | None = ...,
+        peer_secret: _builtins.str = ...,
+        accepts_secret: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["peer", b"peer"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["accepts_secret", b"accepts_secret", "dropped_file_ids", b"dropped_file_ids", "files", b"files", "peer", b"peer", "peer_secret", b"peer_secret"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SessionUpdate: _TypeAlias = SessionUpdate  # noqa: Y015
+
+@_typing.final
+class SessionReply(_message.Message):
+    """SessionReply answers the first update of a Session, and any later one the tracker could not apply in full."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PEER_SECRET_FIELD_NUMBER: _builtins.int
+    LEFT_OUT_FIELD_NUMBER: _builtins.int
+    peer_secret: _builtins.str
+    """First reply only: as AnnounceResponse.peer_secret."""
+    left_out: _builtins.int
+    """Files of the update the tracker left out because it holds its maximum of files or holdings; the peer may
+    send them again later (a file it already holds is a no-op to send again).
+    """
+    def __init__(
+        self,
+        *,
+        peer_secret: _builtins.str = ...,
+        left_out: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["left_out", b"left_out", "peer_secret", b"peer_secret"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SessionReply: _TypeAlias = SessionReply  # noqa: Y015
+
+@_typing.final
 class LeaveRequest(_message.Message):
     """LeaveRequest represents a peer leaving the swarm."""
 

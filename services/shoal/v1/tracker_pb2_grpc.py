@@ -26,7 +26,7 @@ if _version_not_supported:
 
 
 class TrackerStub:
-    """Tracker tells peers who holds what. All of its state is rebuilt from announces.
+    """Tracker tells peers who holds what. All of its state is rebuilt from announces and sessions.
     """
 
     def __init__(self, channel):
@@ -44,6 +44,11 @@ class TrackerStub:
                 '/shoal.v1.Tracker/Leave',
                 request_serializer=shoal_dot_v1_dot_tracker__pb2.LeaveRequest.SerializeToString,
                 response_deserializer=shoal_dot_v1_dot_tracker__pb2.LeaveResponse.FromString,
+                _registered_method=True)
+        self.Session = channel.stream_stream(
+                '/shoal.v1.Tracker/Session',
+                request_serializer=shoal_dot_v1_dot_tracker__pb2.SessionUpdate.SerializeToString,
+                response_deserializer=shoal_dot_v1_dot_tracker__pb2.SessionReply.FromString,
                 _registered_method=True)
         self.SearchFiles = channel.unary_unary(
                 '/shoal.v1.Tracker/SearchFiles',
@@ -63,7 +68,7 @@ class TrackerStub:
 
 
 class TrackerServicer:
-    """Tracker tells peers who holds what. All of its state is rebuilt from announces.
+    """Tracker tells peers who holds what. All of its state is rebuilt from announces and sessions.
     """
 
     def Announce(self, request, context):
@@ -78,6 +83,19 @@ class TrackerServicer:
 
     def Leave(self, request, context):
         """Leave removes a peer at once (graceful shutdown); PERMISSION_DENIED without the id's secret.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Session(self, request_iterator, context):
+        """Session holds a lease for as long as the stream lives, in place of repeated Announces: the first update is
+        the peer's full state, checked and refused exactly like an Announce (same status codes), and answered with a
+        SessionReply; later updates carry only what changed. The tracker drops the peer the moment the stream ends:
+        a crash breaks it at once, a hung or cut-off peer misses the server's HTTP/2 keepalive pings, a peer leaving
+        half-closes it. A later update over a cap ends the stream with INVALID_ARGUMENT; ABORTED when a newer
+        registration of the id (another stream, an Announce or a Leave) took the lease over. Trackers older than this
+        rpc answer UNIMPLEMENTED, and peers then fall back to Announce and Leave.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -117,6 +135,11 @@ def add_TrackerServicer_to_server(servicer, server):
                     request_deserializer=shoal_dot_v1_dot_tracker__pb2.LeaveRequest.FromString,
                     response_serializer=shoal_dot_v1_dot_tracker__pb2.LeaveResponse.SerializeToString,
             ),
+            'Session': grpc.stream_stream_rpc_method_handler(
+                    servicer.Session,
+                    request_deserializer=shoal_dot_v1_dot_tracker__pb2.SessionUpdate.FromString,
+                    response_serializer=shoal_dot_v1_dot_tracker__pb2.SessionReply.SerializeToString,
+            ),
             'SearchFiles': grpc.unary_unary_rpc_method_handler(
                     servicer.SearchFiles,
                     request_deserializer=shoal_dot_v1_dot_tracker__pb2.SearchFilesRequest.FromString,
@@ -141,7 +164,7 @@ def add_TrackerServicer_to_server(servicer, server):
 
  # This class is part of an EXPERIMENTAL API.
 class Tracker:
-    """Tracker tells peers who holds what. All of its state is rebuilt from announces.
+    """Tracker tells peers who holds what. All of its state is rebuilt from announces and sessions.
     """
 
     @staticmethod
@@ -188,6 +211,33 @@ class Tracker:
             '/shoal.v1.Tracker/Leave',
             shoal_dot_v1_dot_tracker__pb2.LeaveRequest.SerializeToString,
             shoal_dot_v1_dot_tracker__pb2.LeaveResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Session(request_iterator,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.stream_stream(
+            request_iterator,
+            target,
+            '/shoal.v1.Tracker/Session',
+            shoal_dot_v1_dot_tracker__pb2.SessionUpdate.SerializeToString,
+            shoal_dot_v1_dot_tracker__pb2.SessionReply.FromString,
             options,
             channel_credentials,
             insecure,
