@@ -28,7 +28,7 @@ def test_peer_starts_without_its_tracker_and_joins_when_it_appears(swarm: LocalS
     assert status["trackers"] == [tracker.address]
     assert status["trackers_up"] == []
     assert "(up: none)" in shoal(swarm, peer, "status").stdout
-    warning = f"WARNING shoal.peer.trackers: tracker {tracker.address} unreachable"
+    warning = f"tracker {tracker.address} unreachable"  # from the announcer or its session stream
     wait_until(lambda: warning in peer.log_path.read_text(), timeout=10, what="a warning about the unreachable tracker")
 
     source = tmp_path / "early.bin"

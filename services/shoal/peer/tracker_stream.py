@@ -17,6 +17,7 @@ from collections.abc import Callable
 
 import grpc
 
+from shoal import net
 from shoal.peer.credentials import TrackerSecrets
 from shoal.v1 import tracker_pb2, tracker_pb2_grpc
 
@@ -82,8 +83,9 @@ class ReplicaSession:
                     raise StreamUnsupported(self.address) from None
                 if self.up or self._failures == 0:
                     logger.warning(
-                        "tracker %s session broken (%s: %s); reopening with backoff",
+                        "tracker %s %s (%s: %s); retrying with backoff",
                         self.address,
+                        "session broken" if self.up else "unreachable",
                         err.code().name,
                         err.details(),
                     )
@@ -116,6 +118,8 @@ class ReplicaSession:
         # stream lives as long as the peer does (keepalive ends it if the replica stops answering).
         call = self._stub.Session(wait_for_ready=True)
         self._call = call
+        # The stream waits for the replica as long as it takes; say so once when it does not answer soon.
+        quiet = asyncio.get_running_loop().call_later(net.TRACKER_DEADLINE, self._warn_unanswered)
         try:
             await call.write(
                 tracker_pb2.SessionUpdate(
@@ -128,13 +132,15 @@ class ReplicaSession:
             reply = await call.read()
             if not isinstance(reply, tracker_pb2.SessionReply):  # EOF before any reply: the replica is stopping
                 return
+            quiet.cancel()
             await self._secrets.remember(self.address, reply.peer_secret)
-            logger.info("tracker %s reachable; session open", self.address)
+            logger.info("tracker %s reachable; lease held by a session", self.address)
             self.up = True
             self._failures = 0
             self._note(reply)
             await self._send_changes(call, sent)
         finally:
+            quiet.cancel()
             call.cancel()  # a no-op once the call has ended
 
     async def _send_changes(
@@ -169,6 +175,12 @@ class ReplicaSession:
                 await call.code()  # the status says why; a non-OK one raises from read() instead
                 return
             self._note(reply)
+
+    def _warn_unanswered(self) -> None:
+        if self._failures == 0:  # later attempts were already reported when the stream broke
+            logger.warning(
+                "tracker %s unreachable (no answer in %.0fs); waiting for it", self.address, net.TRACKER_DEADLINE
+            )
 
     def _note(self, reply: tracker_pb2.SessionReply) -> None:
         """Files left out for the replica's caps are sent again later, when it may have room."""
