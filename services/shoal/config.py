@@ -151,6 +151,20 @@ def _chunk_size_or_zero(value: int) -> None:
         _chunk_size(value)
 
 
+def parse_cache_size(text: str) -> int | float:
+    """--cache-size: bytes (int; 0 = no limit) or a share of the data dir's filesystem ('80%' -> 0.8)."""
+    body = text.strip()
+    if body.endswith("%"):
+        try:
+            percent = float(body[:-1].strip())
+        except ValueError:
+            raise ValueError("not a percentage (e.g. 80%)") from None
+        if not 0 < percent <= 100:
+            raise ValueError("a percentage must be above 0 and at most 100")
+        return percent / 100.0
+    return units.parse_size(body)
+
+
 def _absolute(text: str) -> Path:
     return Path(text).expanduser().absolute()
 
@@ -238,6 +252,12 @@ MAX_PEERS = Setting(
     "max_peers", "--max-peers", "sources one download uses at once", env="MAX_PEERS",
     default=DEFAULT_MAX_PEERS_PER_DOWNLOAD, parse=_int, check=_at_least(1), metavar="N",
 )  # fmt: skip
+CACHE_SIZE = Setting(
+    "cache_size", "--cache-size",
+    "disk quota of the data dir (10GiB, 500M, or 80% of its filesystem); past 95% the least recently used "
+    "files are evicted down to 85%; 0 = no limit", env="CACHE_SIZE", default=0, parse=parse_cache_size,
+    metavar="SIZE",
+)  # fmt: skip
 REQUESTS_PER_PEER = Setting(
     "requests_per_peer", "--requests-per-peer", "chunk requests in flight per source", env="REQUESTS_PER_PEER",
     default=DEFAULT_REQUESTS_PER_PEER, parse=_int, check=_at_least(1), metavar="N",
@@ -262,9 +282,13 @@ COMMANDS: dict[str, tuple[Setting, ...]] = {
     "tracker": (LOG_LEVEL, LOG_FORMAT, TRACKER_LISTEN, ANNOUNCE_INTERVAL, PEER_TTL, METRICS_PORT),
     "peer": (
         LOG_LEVEL, LOG_FORMAT, PEER_LISTEN, TRACKERS, DATA_DIR, ADVERTISE, CONTROL, ZONE, CHUNK_SIZE,
-        UPLOAD_LIMIT, DOWNLOAD_LIMIT, UPLOAD_SLOTS, MAX_PEERS, REQUESTS_PER_PEER, METRICS_PORT,
+        UPLOAD_LIMIT, DOWNLOAD_LIMIT, UPLOAD_SLOTS, MAX_PEERS, REQUESTS_PER_PEER, METRICS_PORT, CACHE_SIZE,
     ),
     "put": (PEER, PUT_CHUNK_SIZE),
+    "rm": (PEER,),
+    "cancel": (PEER,),
+    "pin": (PEER,),
+    "unpin": (PEER,),
     "get": (PEER,),
     "search": (PEER,),
     "peers": (PEER,),
@@ -324,6 +348,7 @@ class PeerConfig:
     requests_per_peer: int = DEFAULT_REQUESTS_PER_PEER
     metrics_port: int | None = None
     tracker_refresh: float = 30.0  # seconds between DNS re-resolutions of tracker names
+    cache_size: int | float = 0  # bytes, or a fraction of the data dir's filesystem; 0 = no limit
 
     @property
     def control_address(self) -> str:
@@ -349,4 +374,5 @@ class PeerConfig:
             max_peers=values["max_peers"],
             requests_per_peer=values["requests_per_peer"],
             metrics_port=values["metrics_port"],
+            cache_size=values.get("cache_size", 0),
         )
