@@ -165,22 +165,25 @@ async def get(stub: control_pb2_grpc.ControlStub, args: argparse.Namespace) -> i
     call = stub.Get(request)
     try:
         async for progress in call:
-            if dest is None and progress.file.name:
-                dest = _named_output(target, progress.file.name, args.overwrite)
             if progress.done:
                 final = progress
-            else:
-                watcher.show(progress)
+                break
+            if dest is None and progress.file.name:  # refuse early, before the whole file has come
+                dest = _named_output(target, progress.file.name, args.overwrite)
+            watcher.show(progress)
     finally:
         call.cancel()
         watcher.close(final)
-    if final is None or dest is None:
+    if final is None:
         raise CliError("download ended without a result")
     if into_dir and final.output:
-        dest = Path(final.output)
+        dest = Path(final.output)  # the daemon chose DIR/<name> and wrote it
     elif into_dir:  # an older daemon ignores output_dir: export with a second Get
+        dest = dest or _named_output(target, final.file.name, args.overwrite)
         async for _ in stub.Get(control_pb2.GetRequest(file_id=file_id, output=str(dest))):
             pass
+    if dest is None:
+        raise CliError("download ended without a result")
     if args.json:
         output.print_json_line(output.summary_data(final, dest))
     else:

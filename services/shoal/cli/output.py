@@ -97,8 +97,8 @@ def put_line(reply: control_pb2.PutResponse, asked_name: str) -> str:
     if reply.held_as:
         if reply.added_name:
             return f"already held as {reply.held_as} ({size}); added the name {asked_name}"
-        if reply.held_as != asked_name:
-            return f"already held under another name: {reply.held_as} ({size}); nothing stored"
+        if reply.held_as != asked_name:  # the name was already one of its names
+            return f"already held as {reply.held_as}, also named {asked_name} ({size}); nothing stored"
         return f"already held as {reply.held_as} ({size}); nothing stored"
     how = _METHODS.get(reply.method, "stored")
     return f"published {reply.file.name} ({size}; {how})"
