@@ -1,4 +1,4 @@
-"""Eviction during a 16-peer swarm: leechers with small quotas evict files others are fetching from them; no download breaks."""
+"""Eviction during a 16-peer swarm: small quotas evict files others fetch from them, and no download breaks."""
 
 from __future__ import annotations
 
@@ -44,8 +44,11 @@ def test_eviction_during_a_swarm_never_breaks_a_download(swarm: LocalSwarm, tmp_
         file_id = put(swarm, seeder, source)
         digests[file_id] = digest
         ids.append(file_id)
-    for file_id in ids:
-        wait_until(lambda f=file_id: shoal(swarm, leechers[0], "peers", f).returncode == 0, what="files listed")
+
+    def listed() -> bool:
+        return all(shoal(swarm, leechers[0], "peers", f).returncode == 0 for f in ids)
+
+    wait_until(listed, what="every file listed")
     out = tmp_path / "out"
     out.mkdir()
     started = time.monotonic()

@@ -176,8 +176,8 @@ async def get(stub: control_pb2_grpc.ControlStub, args: argparse.Namespace) -> i
         watcher.close(final)
     if final is None:
         raise CliError("download ended without a result")
-    if into_dir and final.output:
-        dest = Path(final.output)  # the daemon chose DIR/<name> and wrote it
+    if into_dir and final.written_to:
+        dest = Path(final.written_to)  # the daemon chose DIR/<name> and wrote it
     elif into_dir:  # an older daemon ignores output_dir: export with a second Get
         dest = dest or _named_output(target, final.file.name, args.overwrite)
         async for _ in stub.Get(control_pb2.GetRequest(file_id=file_id, output=str(dest))):

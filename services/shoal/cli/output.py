@@ -72,15 +72,15 @@ def summary_line(final: control_pb2.GetProgress, output: Path) -> str:
     peers = f"{sources.peers} peer" + ("" if sources.peers == 1 else "s")
     resumed = f", {sources.resumed_chunks} chunks resumed from disk" if sources.resumed_chunks else ""
     return (
-        f"{output}: received {format_size(received)} from {peers} in {final.seconds:.2f}s "
+        f"{output}: received {format_size(received)} from {peers} in {took:.2f}s "
         f"({format_rate(rate)}); {share:.0f}% from peers still downloading{resumed}"
     )
 
 
 _METHODS = {
     control_pb2.PUT_METHOD_MOVE: "moved into the data dir",
-    control_pb2.PUT_METHOD_REFLINK: "reflinked: no bytes copied, your file stays writable",
-    control_pb2.PUT_METHOD_LINK: "hard-linked: no bytes copied; your file is now read-only",
+    control_pb2.PUT_METHOD_REFLINK: "reflinked, no bytes copied; your file stays writable",
+    control_pb2.PUT_METHOD_LINK: "hard-linked, no bytes copied; your file is now read-only",
     control_pb2.PUT_METHOD_COPY: "copied",
 }
 _STATES = {
@@ -101,7 +101,7 @@ def put_line(reply: control_pb2.PutResponse, asked_name: str) -> str:
             return f"already held as {reply.held_as}, also named {asked_name} ({size}); nothing stored"
         return f"already held as {reply.held_as} ({size}); nothing stored"
     how = _METHODS.get(reply.method, "stored")
-    return f"published {reply.file.name} ({size}; {how})"
+    return f"published {reply.file.name} ({size}): {how}"
 
 
 def last_use(unix: float, now: float) -> str:

@@ -135,7 +135,7 @@ class ControlServicer(control_pb2_grpc.ControlServicer):
             await context.abort(grpc.StatusCode.CANCELLED, "download stopped (cancelled, removed, or peer stopping)")
         final = self._progress(download, done=True)
         final.seconds = time.monotonic() - started
-        final.output = str(output) if output is not None else ""
+        final.written_to = str(output) if output is not None else ""
         yield final
 
     @staticmethod

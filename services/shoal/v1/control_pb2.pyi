@@ -254,7 +254,7 @@ class GetProgress(_message.Message):
     SOURCES_FIELD_NUMBER: _builtins.int
     SECONDS_FIELD_NUMBER: _builtins.int
     TRANSFER_SECONDS_FIELD_NUMBER: _builtins.int
-    OUTPUT_FIELD_NUMBER: _builtins.int
+    WRITTEN_TO_FIELD_NUMBER: _builtins.int
     done_bytes: _builtins.int
     """Verified bytes so far."""
     total_bytes: _builtins.int
@@ -267,7 +267,7 @@ class GetProgress(_message.Message):
     """Seconds spent transferring chunks (final message): from the first request to the last chunk verified,
     so bytes received over it is the transfer rate; 0 when nothing was transferred.
     """
-    output: _builtins.str
+    written_to: _builtins.str
     """Where the file was written (final message), the path the daemon chose for output_dir included."""
     @_builtins.property
     def file(self) -> _common_pb2.FileInfo:
@@ -287,11 +287,11 @@ class GetProgress(_message.Message):
         sources: Global___SourceShare | None = ...,
         seconds: _builtins.float = ...,
         transfer_seconds: _builtins.float = ...,
-        output: _builtins.str = ...,
+        written_to: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["file", b"file", "sources", b"sources"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["done", b"done", "done_bytes", b"done_bytes", "file", b"file", "output", b"output", "seconds", b"seconds", "sources", b"sources", "total_bytes", b"total_bytes", "transfer_seconds", b"transfer_seconds"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["done", b"done", "done_bytes", b"done_bytes", "file", b"file", "seconds", b"seconds", "sources", b"sources", "total_bytes", b"total_bytes", "transfer_seconds", b"transfer_seconds", "written_to", b"written_to"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
