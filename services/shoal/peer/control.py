@@ -74,7 +74,7 @@ class ControlServicer(control_pb2_grpc.ControlServicer):
             await asyncio.to_thread(check_source, source)
             name = content.check_name(request.name or source.name)
             chunk_size = content.check_chunk_size(request.chunk_size or node.config.chunk_size)
-            await self._keeper.admit("", source.stat().st_size)
+            await self._keeper.admit("", (await asyncio.to_thread(source.stat)).st_size)
             placed = await asyncio.to_thread(
                 node.store.put, source, name, chunk_size, move=request.move, link=not request.copy
             )

@@ -60,7 +60,7 @@ class Download:
         output: str = "",
         *,
         announce_soon: Callable[[], None] = lambda: None,
-        admit: Callable[[str, int], Awaitable[None]] | None = None,
+        admit: Callable[[str, int], Awaitable[None]] = lambda file_id, size: asyncio.sleep(0),
         clock: Callable[[], float] = time.monotonic,
         rng: random.Random | None = None,
         tick: float = TICK,
@@ -73,7 +73,7 @@ class Download:
         self._trackers = trackers
         self._links = links
         self._announce_soon = announce_soon
-        self._admit_size = admit  # the cache quota's admission: raises before anything is written
+        self._admit_size = admit  # the cache quota's admission (file id, size): raises before anything is written
         self._clock = clock
         self._rng = rng or random.Random()
         self._tick = tick
@@ -139,10 +139,9 @@ class Download:
             if entry is None:
                 manifest, holders = await find_manifest(self.node, self._trackers, self._links, self.file_id)
                 self.add_sources(holders)
-                if self._admit_size is not None:
-                    await self._admit_size(self.file_id, manifest.size)
+                await self._admit_size(self.file_id, manifest.size)
                 entry = await asyncio.to_thread(store.begin, self.file_id, manifest, self.output)
-            elif not entry.complete and self._admit_size is not None:
+            elif not entry.complete:
                 await self._admit_size(self.file_id, entry.manifest.size)
             self.entry = entry
             self.summary.resumed_chunks = entry.have.count
