@@ -11,10 +11,14 @@ import threading
 from collections.abc import Collection
 from pathlib import Path
 
-from shoal.quota import Quota, QuotaSpec, Usage
-from shoal.store import Entry, Store
+from shoal.quota import Quota, QuotaExceeded, QuotaSpec, Usage
+from shoal.store import Entry, Store, StoreError
 
 logger = logging.getLogger(__name__)
+
+
+class NoRoom(StoreError, QuotaExceeded):
+    """A new download or put cannot fit in the cache quota; nothing was written."""
 
 
 def usage(entries: Collection[Entry], active: Collection[str] = ()) -> list[Usage]:
@@ -27,7 +31,7 @@ def usage(entries: Collection[Entry], active: Collection[str] = ()) -> list[Usag
             last_used=e.last_used,
             complete=e.complete,
             pinned=e.pinned,
-            active=e.file_id in active,
+            active=e.file_id in active or e.readers > 0,  # a chunk being read now: evicted at a later sweep
             pending=e.manifest.size - e.held_bytes if e.file_id in active else 0,
         )
         for e in entries
@@ -81,7 +85,10 @@ class Cache:
                     return []
                 size = entry.manifest.size  # its verified part is counted here, not among the others
             others = [e for e in self.store.entries() if e.file_id != file_id]
-            victims = self.quota.admit(size, usage(others, {*active, file_id}))
+            try:
+                victims = self.quota.admit(size, usage(others, {*active, file_id}))
+            except QuotaExceeded as err:
+                raise NoRoom(str(err)) from err
             return self._evict(victims)
 
     def sweep(self, active: Collection[str] = ()) -> list[Usage]:

@@ -151,6 +151,20 @@ def _chunk_size_or_zero(value: int) -> None:
         _chunk_size(value)
 
 
+def parse_cache_size(text: str) -> int | float:
+    """--cache-size: bytes (int; 0 = no limit) or a share of the data dir's filesystem ('80%' -> 0.8)."""
+    body = text.strip()
+    if body.endswith("%"):
+        try:
+            percent = float(body[:-1].strip())
+        except ValueError:
+            raise ValueError("not a percentage (e.g. 80%)") from None
+        if not 0 < percent <= 100:
+            raise ValueError("a percentage must be above 0 and at most 100")
+        return percent / 100.0
+    return units.parse_size(body)
+
+
 def _absolute(text: str) -> Path:
     return Path(text).expanduser().absolute()
 
@@ -246,6 +260,12 @@ MAX_PEERS = Setting(
     "max_peers", "--max-peers", "sources one download uses at once", env="MAX_PEERS",
     default=DEFAULT_MAX_PEERS_PER_DOWNLOAD, parse=_int, check=_at_least(1), metavar="N",
 )  # fmt: skip
+CACHE_SIZE = Setting(
+    "cache_size", "--cache-size",
+    "disk quota of the data dir (10GiB, 500M, or 80% of its filesystem); past 95% the least recently used "
+    "files are evicted down to 85%; 0 = no limit", env="CACHE_SIZE", default=0, parse=parse_cache_size,
+    metavar="SIZE",
+)  # fmt: skip
 REQUESTS_PER_PEER = Setting(
     "requests_per_peer", "--requests-per-peer", "chunk requests in flight per source", env="REQUESTS_PER_PEER",
     default=DEFAULT_REQUESTS_PER_PEER, parse=_int, check=_at_least(1), metavar="N",
@@ -270,10 +290,14 @@ COMMANDS: dict[str, tuple[Setting, ...]] = {
     "tracker": (LOG_LEVEL, LOG_FORMAT, TRACKER_LISTEN, ANNOUNCE_INTERVAL, PEER_TTL, METRICS_PORT),
     "peer": (
         LOG_LEVEL, LOG_FORMAT, PEER_LISTEN, TRACKERS, DATA_DIR, ADVERTISE, CONTROL, ZONE, CHUNK_SIZE,
-        UPLOAD_LIMIT, DOWNLOAD_LIMIT, UPLOAD_SLOTS, MAX_PEERS, REQUESTS_PER_PEER, METRICS_PORT,
+        UPLOAD_LIMIT, DOWNLOAD_LIMIT, UPLOAD_SLOTS, MAX_PEERS, REQUESTS_PER_PEER, METRICS_PORT, CACHE_SIZE,
         CONTROL_TOKEN_FILE, CONTROL_GROUP,
     ),
     "put": (PEER, PUT_CHUNK_SIZE, CONTROL_TOKEN_FILE),
+    "rm": (PEER, CONTROL_TOKEN_FILE),
+    "cancel": (PEER, CONTROL_TOKEN_FILE),
+    "pin": (PEER, CONTROL_TOKEN_FILE),
+    "unpin": (PEER, CONTROL_TOKEN_FILE),
     "get": (PEER, CONTROL_TOKEN_FILE),
     "search": (PEER, CONTROL_TOKEN_FILE),
     "peers": (PEER, CONTROL_TOKEN_FILE),
@@ -336,6 +360,7 @@ class PeerConfig:
     tracker_refresh: float = 30.0  # seconds between DNS re-resolutions of tracker names
     control_token_file: Path | None = None  # required with a TCP control address
     control_group: str | None = None  # None: the control socket is 0600
+    cache_size: int | float = 0  # bytes, or a fraction of the data dir's filesystem; 0 = no limit
 
     @property
     def control_address(self) -> str:
@@ -363,4 +388,5 @@ class PeerConfig:
             metrics_port=values["metrics_port"],
             control_token_file=values.get("control_token_file"),
             control_group=values.get("control_group"),
+            cache_size=values.get("cache_size", 0),
         )

@@ -22,126 +22,45 @@ import threading
 import time
 import uuid
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from pathlib import Path
 
 from google.protobuf.message import DecodeError
 
 from shoal import content, ingest, stamps
+from shoal.bookkeeping import Bookkeeping
+from shoal.entries import (
+    CorruptChunk,
+    DiskFull,
+    Entry,
+    NotHeld,
+    Placed,
+    SourceChanged,
+    StoreError,
+    check_output,
+    check_source,
+    explain,
+)
 from shoal.v1 import common_pb2
+
+__all__ = [
+    "CorruptChunk",
+    "DiskFull",
+    "Entry",
+    "NotHeld",
+    "Placed",
+    "SourceChanged",
+    "Store",
+    "StoreError",
+    "check_output",
+    "check_source",
+]
 
 logger = logging.getLogger(__name__)
 
 SYNC_EVERY = 64 * 1024 * 1024  # flush a download's data file every 64 MiB of verified prefix
 
 
-class StoreError(Exception):
-    """A store operation failed in a way the user should be told about."""
-
-
-class CorruptChunk(StoreError):
-    """Bytes on disk no longer match the manifest."""
-
-
-class NotHeld(StoreError):
-    """The file (or, for cancel, the download) is not on this peer."""
-
-
-class SourceChanged(StoreError):
-    """A file being published changed while it was read; nothing was published."""
-
-
-class DiskFull(StoreError):
-    """The data dir's (or the output's) filesystem has no space left."""
-
-
-@dataclass
-class Entry:
-    """One file in the store, complete or partial."""
-
-    file_id: str
-    manifest: common_pb2.Manifest
-    directory: Path
-    have: content.Bitfield
-    output: str = ""
-    fd: int = -1
-    have_fd: int = -1
-    synced: int = 0  # bytes of the data file known flushed to disk, from the start
-    lock: threading.Lock = field(default_factory=threading.Lock)
-    # One writer at a time: concurrent buffered writes to one file spin on its inode lock in the kernel.
-    write_lock: threading.Lock = field(default_factory=threading.Lock)
-    last_used: float = 0.0  # unix time: publish, download completion, export, chunk served
-    pinned: bool = False  # never evicted
-    stopped: bool = False  # a partial download the user stopped: not resumed at start
-    aliases: list[str] = field(default_factory=list)  # names besides manifest.name it was published under
-    readers: int = 0  # chunk reads in flight; a retired entry is deleted when the last one ends
-    retired: bool = False  # removed from the store; its files go once nobody reads them
-    verified: stamps.Stamp | None = None  # the data file's stamp when its bytes were last verified (complete only)
-    checked: set[int] = field(default_factory=set)  # chunks re-verified since the stamp moved to `checked_at`
-    checked_at: stamps.Stamp | None = None
-
-    @property
-    def names(self) -> list[str]:
-        """Every name it is held under, the manifest's first."""
-        return [self.manifest.name, *self.aliases]
-
-    @property
-    def held_bytes(self) -> int:
-        """Bytes of verified data: the size once complete, the chunks written so far while partial."""
-        if self.complete or self.have.complete:
-            return self.manifest.size
-        held = self.have.count * self.manifest.chunk_size
-        last = self.have.size - 1
-        if last in self.have:
-            held -= self.manifest.chunk_size - content.chunk_span(self.manifest, last)[1]
-        return held
-
-    @property
-    def complete(self) -> bool:
-        """True once the file is verified and under files/."""
-        return self.directory.parent.name == "files"
-
-    @property
-    def info(self) -> common_pb2.FileInfo:
-        """Id, name and size."""
-        return common_pb2.FileInfo(file_id=self.file_id, name=self.manifest.name, size=self.manifest.size)
-
-
-@dataclass(frozen=True)
-class Placed:
-    """What put did: the entry, how the bytes got there, and whether the content was already held."""
-
-    entry: Entry
-    method: ingest.Method  # move, reflink, link (the source is now read-only) or copy
-    held_as: str = ""  # when already held: the name it was held under (nothing new stored)
-    added_name: bool = False  # when already held: the new name was added to its aliases
-
-
-def _explain(err: OSError, what: str) -> StoreError:
-    if err.errno == errno.ENOSPC:
-        return DiskFull(f"disk full while {what}")
-    return StoreError(f"{what} failed: {err.strerror or err}")
-
-
-def check_source(source: Path) -> None:
-    """A path we may publish: an existing regular file (never a FIFO or device, which could block)."""
-    if not source.exists():
-        raise StoreError(f"no such file: {source}")
-    if not source.is_file():
-        raise StoreError(f"not a regular file: {source}")
-
-
-def check_output(output: Path) -> None:
-    """A path we may place a download at: its directory exists and nothing but a regular file is there."""
-    if not output.parent.is_dir():
-        raise StoreError(f"output directory does not exist: {output.parent}")
-    if output.is_dir():
-        raise StoreError(f"output is a directory: {output}")
-    if output.is_symlink() or (output.exists() and not output.is_file()):
-        raise StoreError(f"output exists and is not a regular file: {output}")
-
-
-class Store:
+class Store(Bookkeeping):
     """The files this peer holds and the downloads it is running, on disk."""
 
     def __init__(self, data_dir: Path, clock: Callable[[], float] = time.time) -> None:
@@ -241,7 +160,7 @@ class Store:
             except IsADirectoryError as err:
                 raise StoreError(f"not a file: {source}") from err
             except OSError as err:
-                raise _explain(err, f"publishing {source}") from err
+                raise explain(err, f"publishing {source}") from err
         except BaseException:
             if method == "move":  # renamed in but not kept: give the user's file back
                 os.rename(scratch / "data", source)
@@ -313,7 +232,7 @@ class Store:
                 os.rename(scratch, final)
             except OSError as err:
                 shutil.rmtree(scratch, ignore_errors=True)
-                raise _explain(err, "starting download") from err
+                raise explain(err, "starting download") from err
             entry = Entry(file_id, manifest, final, content.Bitfield(nchunks), output, last_used=self._clock())
             self._entries[file_id] = entry
             return entry
@@ -405,7 +324,7 @@ class Store:
             if not bad and stamps.of_path(entry.directory / "data") == before:
                 entry.verified = stamps.record(entry.directory)
         except OSError as err:
-            raise _explain(err, f"verifying {entry.file_id}") from err
+            raise explain(err, f"verifying {entry.file_id}") from err
         return bad
 
     def write_chunk(self, entry: Entry, index: int, data: bytes | memoryview) -> bool:
@@ -429,7 +348,7 @@ class Store:
                 if not entry.retired:  # a dropped entry's bytes were already taken off
                     self._count(len(data))
         except OSError as err:
-            raise _explain(err, f"writing chunk {index}") from err
+            raise explain(err, f"writing chunk {index}") from err
         return True
 
     def hash_prefix(self, entry: Entry, digest: hashlib._Hash, start: int) -> int:
@@ -465,7 +384,7 @@ class Store:
             with open(entry.directory / "data", "rb") as data:
                 os.fsync(data.fileno())
         except OSError as err:
-            raise _explain(err, "verifying download") from err
+            raise explain(err, "verifying download") from err
         if digest.digest() != entry.manifest.file_sha256:
             self.remove(entry.file_id)  # start over next time rather than fail the same way forever
             raise StoreError("whole-file hash mismatch")
@@ -510,166 +429,16 @@ class Store:
             os.replace(tmp, output)
         except OSError as err:
             tmp.unlink(missing_ok=True)
-            raise _explain(err, f"writing {output}") from err
+            raise explain(err, f"writing {output}") from err
         self.touch(entry)
-
-    def remove(self, file_id: str) -> None:
-        """Forget a file and delete it from disk."""
-        with self._lock:
-            entry = self._entries.get(file_id)
-            if entry is not None:
-                self._drop(entry)
-
-    def _drop(self, entry: Entry) -> None:
-        """Forget an entry now; delete its files now, or after the chunk reads in flight when there are some."""
-        with entry.lock:
-            entry.retired = True
-            busy = entry.readers > 0
-            held = entry.held_bytes
-        if self._entries.get(entry.file_id) is entry:
-            del self._entries[entry.file_id]
-            self._count(-held)
-        self._dirty.discard(entry.file_id)
-        if not busy:
-            self._delete(entry)
-            return
-        # Out of the way at once, so the same id can be held again; tmp/ is emptied at the next start.
-        grave = self._tmp / uuid.uuid4().hex / entry.directory.parent.name / entry.file_id
-        try:
-            grave.parent.mkdir(parents=True)
-            os.rename(entry.directory, grave)
-            entry.directory = grave
-        except OSError as err:
-            logger.warning("cannot set %s aside: %s; deleting it now", entry.directory, err)
-            self._delete(entry)
-
-    def _delete(self, entry: Entry) -> None:
-        self._close(entry)
-        set_aside = entry.directory.parent.parent
-        shutil.rmtree(set_aside if set_aside.parent == self._tmp else entry.directory, ignore_errors=True)
 
     def _write_small(self, path: Path, data: bytes) -> None:
         tmp = self._tmp / uuid.uuid4().hex
         tmp.write_bytes(data)
         os.replace(tmp, path)
 
-    @staticmethod
-    def _close(entry: Entry) -> None:
-        for name in ("fd", "have_fd"):
-            fd = getattr(entry, name)
-            if fd >= 0:
-                os.close(fd)
-                setattr(entry, name, -1)
-
     def close(self) -> None:
         """Write pending last-use times and close cached file descriptors."""
         self.flush_usage()
         for entry in self._entries.values():
             self._close(entry)
-
-    # ---- bookkeeping: last use, pins, stopped downloads, removal, quota ---------------------------
-
-    def _load_bookkeeping(self, entry: Entry) -> None:
-        """Read an entry's markers; a missing or unreadable last use falls back to its manifest's mtime."""
-        directory = entry.directory
-        try:
-            entry.last_used = float((directory / "used").read_text())
-        except (OSError, ValueError):
-            entry.last_used = (directory / "manifest.pb").stat().st_mtime
-        entry.pinned = (directory / "pinned").exists()
-        entry.stopped = not entry.complete and (directory / "stopped").exists()
-        names = directory / "names"
-        if names.exists():
-            entry.aliases = [n for n in names.read_text().splitlines() if n and n != entry.manifest.name]
-
-    def touch(self, entry: Entry) -> None:
-        """Mark a file used now (in memory; flush_usage writes it down)."""
-        entry.last_used = self._clock()
-        self._dirty.add(entry.file_id)
-
-    def flush_usage(self) -> int:
-        """Persist the last-use times changed since the previous flush; how many were written."""
-        written = 0
-        while self._dirty:
-            file_id = self._dirty.pop()
-            with self._lock:
-                entry = self._entries.get(file_id)
-                if entry is None:
-                    continue
-                try:
-                    self._write_small(entry.directory / "used", repr(entry.last_used).encode())
-                except OSError as err:  # a full disk must not stop the peer; the time is only a hint
-                    logger.warning("cannot record last use of %s: %s", file_id, err)
-                    continue
-            written += 1
-        return written
-
-    def _held(self, file_id: str) -> Entry:
-        entry = self._entries.get(file_id)
-        if entry is None:
-            raise NotHeld(f"file {file_id} is not held by this peer")
-        return entry
-
-    def delete(self, file_id: str) -> Entry:
-        """`shoal rm`: forget a file, complete or partial, and delete it (after reads in flight); NotHeld if absent.
-
-        The caller stops a running download first and withdraws the file from the trackers.
-        """
-        with self._lock:
-            entry = self._held(file_id)
-            self._drop(entry)
-        logger.info("removed %s (%s)", file_id, entry.manifest.name)
-        return entry
-
-    def cancel(self, file_id: str) -> Entry:
-        """`shoal cancel`: drop a partial download and its resume state; NotHeld if no download of it is here.
-
-        The caller stops the download's task first; a complete file is left alone (that is `rm`).
-        """
-        with self._lock:
-            entry = self._held(file_id)
-            if entry.complete:
-                raise NotHeld(f"file {file_id} is complete, not downloading: nothing to cancel")
-            self._drop(entry)
-        logger.info("cancelled the download of %s; its partial data is gone", file_id)
-        return entry
-
-    def stop(self, file_id: str) -> None:
-        """A download the user interrupted: keep its chunks, but do not resume it at the next start."""
-        with self._lock:
-            entry = self._held(file_id)
-            if entry.complete or entry.stopped:
-                return
-            try:
-                (entry.directory / "stopped").touch()
-            except OSError as err:
-                raise _explain(err, "marking the download stopped") from err
-            entry.stopped = True
-
-    def pin(self, file_id: str, pinned: bool = True) -> Entry:
-        """`shoal pin` / `unpin`: a pinned file is never evicted; NotHeld if absent."""
-        with self._lock:
-            entry = self._held(file_id)
-            marker = entry.directory / "pinned"
-            try:
-                if pinned:
-                    marker.touch()
-                else:
-                    marker.unlink(missing_ok=True)
-            except OSError as err:
-                raise _explain(err, "pinning") from err
-            entry.pinned = pinned
-            return entry
-
-    def resumable(self) -> list[Entry]:
-        """Partial downloads to resume at start: every one the user did not stop or cancel."""
-        return [e for e in self.entries() if not e.complete and not e.stopped]
-
-    def evict(self, file_id: str) -> Entry | None:
-        """Drop a file the quota chose, unless it went or was pinned meanwhile; the entry dropped, if any."""
-        with self._lock:
-            entry = self._entries.get(file_id)
-            if entry is None or entry.pinned:
-                return None
-            self._drop(entry)
-            return entry

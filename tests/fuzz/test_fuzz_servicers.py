@@ -13,15 +13,18 @@ from google.protobuf.message import Message
 from hypothesis import given
 from hypothesis import strategies as st
 
+from shoal.cache import Cache
 from shoal.config import PeerConfig
 from shoal.peer.control import ControlServicer
 from shoal.peer.downloads import Downloads
 from shoal.peer.errors import NoHolders, TrackersUnavailable
+from shoal.peer.keeper import Keeper
 from shoal.peer.node import MAX_KNOWN_PER_FILE, Node
 from shoal.peer.progress import Summary
 from shoal.peer.server import MAX_KNOWN, PeerServicer
 from shoal.peer.trackers import TrackerClient
 from shoal.peer.uploads import Uploads
+from shoal.quota import QuotaSpec
 from shoal.store import Store
 from shoal.v1 import common_pb2, control_pb2, peer_pb2
 
@@ -107,6 +110,12 @@ class FakeDownloads:
 
     def __len__(self) -> int:
         return 0
+
+    def active(self) -> set[str]:
+        return set()
+
+    async def stop(self, file_id: str) -> None:
+        pass
 
     def start(self, file_id: str, output: str) -> tuple[Any, asyncio.Task[Any]]:
         async def run() -> Any:
@@ -232,7 +241,9 @@ def control_requests(held: str) -> st.SearchStrategy[tuple[str, Message]]:
 @given(steps=st.lists(control_requests(HELD), min_size=1, max_size=6))
 def test_control_servicer_requests(steps: list[tuple[str, Message]]) -> None:
     trackers = cast(TrackerClient, FakeTrackers())
-    servicer = ControlServicer(NODE, cast(Downloads, FakeDownloads(STORE)), trackers)
+    downloads = cast(Downloads, FakeDownloads(STORE))
+    keeper = Keeper(Cache.open(STORE, QuotaSpec.of(0), STORE.root), downloads, trackers.announce_soon)
+    servicer = ControlServicer(NODE, downloads, trackers, keeper)
     for rpc, request in steps:
         check(CONTROL_ALLOWED, rpc, getattr(servicer, rpc), request)
         assert STORE.get(HELD) is not None

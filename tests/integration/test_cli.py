@@ -125,7 +125,7 @@ def test_ls_shows_what_the_peer_holds(pair: Pair, tmp_path: Path) -> None:
     make_file(source, 2048)
     file_id = put(pair.swarm, pair.seeder, source)
     lines = ok(shoal(pair.swarm, pair.seeder, "ls")).splitlines()
-    assert any(line.startswith(file_id) and "listed.bin" in line and line.endswith("complete") for line in lines)
+    assert any(line.startswith(file_id) and line.endswith("listed.bin") and " complete " in line for line in lines)
     files = json.loads(ok(shoal(pair.swarm, pair.seeder, "ls", "--json")))["files"]
     keys = ("file", "complete", "chunks_done", "chunks_total")
     mine = [{k: f[k] for k in keys} for f in files if f["file"]["file_id"] == file_id]

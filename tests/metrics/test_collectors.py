@@ -11,10 +11,12 @@ import pytest
 from prometheus_client import CollectorRegistry
 from prometheus_client.parser import text_string_to_metric_families
 
+from shoal.cache import Cache
 from shoal.config import PeerConfig
 from shoal.exporter import ProcessMetrics, on_loop
 from shoal.peer.metrics import PeerCollector, PeerObserver, watch_peer
 from shoal.peer.node import Node, Observer, Stats
+from shoal.quota import Quota
 from shoal.ratelimit import TokenBucket
 from shoal.store import Store
 from shoal.tracker.metrics import TrackerCollector, WatchedRegistry, watch_tracker
@@ -174,3 +176,28 @@ async def test_exporter_serves_and_stops(tmp_path: Path) -> None:
     assert not values & {FILE_ID, "peer-secret", node.peer_id}
     with pytest.raises(OSError):
         await asyncio.to_thread(lambda: urllib.request.urlopen(url, timeout=2).read())
+
+
+async def test_peer_collector_reports_the_store_quota_and_evictions(tmp_path: Path) -> None:
+    node = make_node(tmp_path)
+    source = tmp_path / "src.bin"
+    source.write_bytes(b"x" * 100_000)
+    node.store.publish(source, "src.bin", 16 * 1024)
+    cache = Cache(node.store, Quota(50_000))
+    registry = CollectorRegistry()
+    registry.register(PeerCollector(node, lambda: 0, asyncio.get_running_loop(), cache=cache))
+    assert registry.get_sample_value("shoal_peer_store_bytes") == 100_000
+    assert registry.get_sample_value("shoal_peer_cache_quota_bytes") == 50_000
+    assert registry.get_sample_value("shoal_peer_evictions_total") == 0
+    (held,) = node.store.entries()
+    assert [v.file_id for v in cache.sweep()] == [held.file_id]
+    assert registry.get_sample_value("shoal_peer_store_bytes") == 0
+    assert registry.get_sample_value("shoal_peer_evictions_total") == 1
+    assert registry.get_sample_value("shoal_peer_evicted_bytes_total") == 100_000
+
+
+async def test_peer_collector_without_a_cache_reports_no_quota(tmp_path: Path) -> None:
+    registry = CollectorRegistry()
+    registry.register(PeerCollector(make_node(tmp_path), lambda: 0, asyncio.get_running_loop()))
+    assert registry.get_sample_value("shoal_peer_cache_quota_bytes") == 0
+    assert registry.get_sample_value("shoal_peer_evicted_bytes_total") == 0

@@ -33,8 +33,8 @@ GRAFANA_VARIABLES = {"__rate_interval": "10s", "__interval": "1s", "__range": "1
 NAMESPACE = RELEASE = "shoal"
 OTHER_RELEASE = "other"  # the same processes scraped again under another release: never summed with ours
 SCOPE = ('namespace="$namespace"', 'release="$release"', 'pod=~"$pod"')
-# Metrics another branch adds (disk quota and eviction): panels on them may be empty until the exporter has them.
-PENDING_METRICS = (
+# The disk quota and eviction metrics: every peer exports them (0 without a quota), so their panels have samples.
+STORE_METRICS = (
     "shoal_peer_store_bytes",
     "shoal_peer_cache_quota_bytes",
     "shoal_peer_evictions_total",
@@ -249,26 +249,22 @@ def test_every_selector_is_scoped_to_one_release() -> None:
 
 def test_resource_panels() -> None:
     exprs = " ".join(expr for _, expr in dashboard_queries())
-    for metric in ("shoal_process_cpu_seconds_total", "shoal_process_resident_memory_bytes", *PENDING_METRICS):
+    for metric in ("shoal_process_cpu_seconds_total", "shoal_process_resident_memory_bytes", *STORE_METRICS):
         assert metric in exprs, metric
     (offload,) = [expr for title, expr in dashboard_queries() if title == "Offload ratio (time range)"]
     assert "[$__range]" in offload and "increase(" in offload  # over a window, not since each peer started
 
 
 def test_every_dashboard_query_returns_samples(stack: Stack) -> None:
-    exported = {m for m in PENDING_METRICS if stack.query(f"count({m})")}
-    empty, nan_only, pending = [], [], []
+    missing = [m for m in STORE_METRICS if not stack.query(f"count({m})")]
+    assert not missing, f"metrics the dashboard uses that no peer exports: {missing}"
+    empty, nan_only = [], []
     for title, expr in dashboard_queries():
         result = stack.query(substitute(expr), at=stack.done_at + SETTLE)
-        waiting = [m for m in PENDING_METRICS if m in expr and m not in exported]
-        if not result and waiting:
-            pending.append(f"{title}: {expr}")  # the exporter does not have these metrics yet
-        elif not result:
+        if not result:
             empty.append(f"{title}: {expr}")
         elif all(math.isnan(float(sample["value"][1])) for sample in result):
             nan_only.append(f"{title}: {expr}")
-    if pending:
-        print("panels waiting for metrics the exporter does not have yet:\n" + "\n".join(pending))
     assert not empty, "queries with no samples:\n" + "\n".join(empty)
     assert not nan_only, "queries with only NaN samples:\n" + "\n".join(nan_only)
 

@@ -126,7 +126,7 @@ def _check_path_length(path: Path) -> None:
 
 def check_locally(args: argparse.Namespace) -> None:
     """What can be wrong without asking the daemon (ids, paths) is reported before connecting."""
-    if args.command in ("get", "peers", "verify"):
+    if args.command in ("get", "peers", "verify", "rm", "cancel", "pin", "unpin"):
         args.file_id = _file_id(args.file_id)
     if args.command == "put":
         args.path = Path(args.path).expanduser().absolute()
@@ -163,12 +163,14 @@ def _refuse_existing(path: Path, overwrite: bool) -> None:
 
 async def put(stub: control_pb2_grpc.ControlStub, args: argparse.Namespace) -> int:
     """Publish a local file; print its id last."""
-    request = control_pb2.PutRequest(path=str(args.path), name=args.name or "", chunk_size=args.chunk_size)
+    request = control_pb2.PutRequest(
+        path=str(args.path), name=args.name or "", chunk_size=args.chunk_size, move=args.move, copy=args.copy
+    )
     reply = await stub.Put(request)
     if args.json:
         output.print_json(reply)
     else:
-        print(f"published {escape(reply.file.name)} ({format_size(reply.file.size)}, {reply.chunks} chunks)")
+        print(output.put_line(reply, args.name or args.path.name))
         print(reply.file.file_id)
     return 0
 
@@ -210,28 +212,39 @@ def _named_output(directory: Path, name: str, overwrite: bool) -> Path:
 async def get(stub: control_pb2_grpc.ControlStub, args: argparse.Namespace) -> int:
     """Download a file; with -o DIR/ the file keeps its published name inside DIR."""
     file_id, target, into_dir = args.file_id, args.output, args.into_dir
-    # Into a directory, the name is known only from the manifest: download into the store, then export.
-    request = control_pb2.GetRequest(file_id=file_id, output="" if into_dir else str(target))
+    # Into a directory, the name is known only from the manifest: the daemon picks DIR/<name> and refuses
+    # an existing file there unless --overwrite.
+    request = control_pb2.GetRequest(
+        file_id=file_id,
+        output="" if into_dir else str(target),
+        output_dir=str(target) if into_dir else "",
+        overwrite=args.overwrite,
+    )
     dest: Path | None = None if into_dir else target
     watcher = _Watcher(args.json)
     final = None
     call = stub.Get(request)
     try:
         async for progress in call:
-            if dest is None and progress.file.name:
-                dest = _named_output(target, progress.file.name, args.overwrite)
             if progress.done:
                 final = progress
-            else:
-                watcher.show(progress)
+                break
+            if dest is None and progress.file.name:  # refuse early, before the whole file has come
+                dest = _named_output(target, progress.file.name, args.overwrite)
+            watcher.show(progress)
     finally:
         call.cancel()
         watcher.close(final)
-    if final is None or dest is None:
+    if final is None:
         raise CliError("download ended without a result")
-    if into_dir:
+    if into_dir and final.written_to:
+        dest = Path(final.written_to)  # the daemon chose DIR/<name> and wrote it
+    elif into_dir:  # an older daemon ignores output_dir: export with a second Get
+        dest = dest or _named_output(target, final.file.name, args.overwrite)
         async for _ in stub.Get(control_pb2.GetRequest(file_id=file_id, output=str(dest))):
             pass
+    if dest is None:
+        raise CliError("download ended without a result")
     if args.json:
         output.print_json_line(output.summary_data(final, dest))
     else:
@@ -276,9 +289,8 @@ async def ls(stub: control_pb2_grpc.ControlStub, args: argparse.Namespace) -> in
     if args.json:
         output.print_json(reply)
         return 0
-    for local in reply.files:
-        state = "complete" if local.complete else f"{local.chunks_done}/{local.chunks_total} chunks"
-        print(f"{local.file.file_id}  {format_size(local.file.size):>10}  {escape(local.file.name)}  {state}")
+    for line in output.ls_lines(reply):
+        print(line)
     return 0
 
 
@@ -295,6 +307,8 @@ async def status(stub: control_pb2_grpc.ControlStub, args: argparse.Namespace) -
     print(f"download  {format_size(reply.downloaded_bytes)}")
     print(f"active    {reply.active_downloads} downloads")
     print(f"data dir  {reply.data_dir}")
+    quota = format_size(reply.cache_quota_bytes) if reply.cache_quota_bytes else "no limit"
+    print(f"store     {format_size(reply.store_bytes)} held (quota {quota})")
     return 0
 
 
@@ -313,6 +327,46 @@ async def verify(stub: control_pb2_grpc.ControlStub, args: argparse.Namespace) -
     return 0
 
 
+async def rm(stub: control_pb2_grpc.ControlStub, args: argparse.Namespace) -> int:
+    """Remove a file from this peer; exit 4 when it is not held."""
+    reply = await stub.Remove(control_pb2.RemoveRequest(file_id=args.file_id))
+    if args.json:
+        output.print_json(reply)
+    else:
+        print(f"removed {escape(reply.file.name)} ({format_size(reply.freed_bytes)}) {reply.file.file_id}")
+    return 0
+
+
+async def cancel(stub: control_pb2_grpc.ControlStub, args: argparse.Namespace) -> int:
+    """Stop a download and drop its partial data; exit 4 when no download of it is here."""
+    reply = await stub.Cancel(control_pb2.CancelRequest(file_id=args.file_id))
+    if args.json:
+        output.print_json(reply)
+    else:
+        print(f"cancelled {escape(reply.file.name)}: {format_size(reply.freed_bytes)} of partial data dropped")
+    return 0
+
+
+async def _pin(stub: control_pb2_grpc.ControlStub, args: argparse.Namespace, pinned: bool) -> int:
+    reply = await stub.Pin(control_pb2.PinRequest(file_id=args.file_id, pinned=pinned))
+    if args.json:
+        output.print_json(reply)
+    else:
+        verb = "pinned (never evicted)" if pinned else "unpinned (evictable)"
+        print(f"{verb}: {escape(reply.file.file.name)} {reply.file.file.file_id}")
+    return 0
+
+
+async def pin(stub: control_pb2_grpc.ControlStub, args: argparse.Namespace) -> int:
+    """Keep a file from eviction; exit 4 when it is not held."""
+    return await _pin(stub, args, True)
+
+
+async def unpin(stub: control_pb2_grpc.ControlStub, args: argparse.Namespace) -> int:
+    """Let the quota evict a file again; exit 4 when it is not held."""
+    return await _pin(stub, args, False)
+
+
 COMMANDS: dict[str, Callable[[control_pb2_grpc.ControlStub, argparse.Namespace], Coroutine[Any, Any, int]]] = {
     "put": put,
     "get": get,
@@ -321,4 +375,8 @@ COMMANDS: dict[str, Callable[[control_pb2_grpc.ControlStub, argparse.Namespace],
     "ls": ls,
     "status": status,
     "verify": verify,
+    "rm": rm,
+    "cancel": cancel,
+    "pin": pin,
+    "unpin": unpin,
 }

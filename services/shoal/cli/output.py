@@ -74,13 +74,71 @@ def summary_line(final: control_pb2.GetProgress, output: Path) -> str:
     if received == 0 and sources.peers == 0 and final.total_bytes > 0:
         return f"{escape(final.file.name) or final.file.file_id} already held; exported to {output}"
     share = 100.0 * sources.from_partial_bytes / received if received else 0.0
-    rate = received / final.seconds if final.seconds > 0 else 0.0
+    took = final.transfer_seconds if final.transfer_seconds > 0 else final.seconds  # an older daemon: whole time
+    rate = received / took if took > 0 else 0.0
     peers = f"{sources.peers} peer" + ("" if sources.peers == 1 else "s")
     resumed = f", {sources.resumed_chunks} chunks resumed from disk" if sources.resumed_chunks else ""
     return (
-        f"{output}: received {format_size(received)} from {peers} in {final.seconds:.2f}s "
+        f"{output}: received {format_size(received)} from {peers} in {took:.2f}s "
         f"({format_rate(rate)}); {share:.0f}% from peers still downloading{resumed}"
     )
+
+
+_METHODS = {
+    control_pb2.PUT_METHOD_MOVE: "moved into the data dir",
+    control_pb2.PUT_METHOD_REFLINK: "reflinked, no bytes copied; your file stays writable",
+    control_pb2.PUT_METHOD_LINK: "hard-linked, no bytes copied; your file is now read-only",
+    control_pb2.PUT_METHOD_COPY: "copied",
+}
+_STATES = {
+    control_pb2.LOCAL_FILE_STATE_COMPLETE: "complete",
+    control_pb2.LOCAL_FILE_STATE_DOWNLOADING: "downloading",
+    control_pb2.LOCAL_FILE_STATE_PARTIAL: "partial",
+    control_pb2.LOCAL_FILE_STATE_STOPPED: "stopped",
+}
+
+
+def put_line(reply: control_pb2.PutResponse, asked_name: str) -> str:
+    """What `put` did: how the bytes got in, or under which name the content was already held."""
+    size = f"{format_size(reply.file.size)}, {reply.chunks} chunks"
+    if reply.held_as:
+        if reply.added_name:
+            return f"already held as {escape(reply.held_as)} ({size}); added the name {escape(asked_name)}"
+        if reply.held_as != asked_name:  # the name was already one of its names
+            return f"already held as {escape(reply.held_as)}, also named {escape(asked_name)} ({size}); nothing stored"
+        return f"already held as {escape(reply.held_as)} ({size}); nothing stored"
+    how = _METHODS.get(reply.method, "stored")
+    return f"published {escape(reply.file.name)} ({size}): {how}"
+
+
+def last_use(unix: float, now: float) -> str:
+    """A last-use time as a listing shows it: '42s ago', '5m ago', '3h ago', '2d ago', a date past a week."""
+    if unix <= 0:
+        return "-"
+    ago = max(0.0, now - unix)
+    if ago >= 7 * 86400:
+        return time.strftime("%Y-%m-%d", time.localtime(unix))
+    for span, unit in ((86400, "d"), (3600, "h"), (60, "m")):
+        if ago >= span:
+            return f"{ago // span:.0f}{unit} ago"
+    return f"{ago:.0f}s ago"
+
+
+def ls_lines(reply: control_pb2.ListResponse, now: float | None = None) -> list[str]:
+    """`ls`: a header, then one row per file: id, size held/total, pinned, last use, state, names."""
+    now = time.time() if now is None else now
+    rows = [f"{'ID':<64}  {'SIZE':>10}  {'PIN':<3}  {'LAST USE':<10}  {'STATE':<11}  NAME"]
+    for local in reply.files:
+        state = _STATES.get(local.state, "complete" if local.complete else "partial")
+        if not local.complete:
+            state += f" {local.chunks_done}/{local.chunks_total}"
+        names = ", ".join(escape(name) for name in [local.file.name, *local.aliases])
+        pin = "yes" if local.pinned else "-"
+        rows.append(
+            f"{local.file.file_id}  {format_size(local.file.size):>10}  {pin:<3}  "
+            f"{last_use(local.last_used_unix, now):<10}  {state:<11}  {names}"
+        )
+    return rows
 
 
 class ProgressBar:

@@ -33,14 +33,21 @@ COMMANDS: dict[str, tuple[str, str]] = {
         "run a peer daemon",
         "shoal peer --tracker t1:7400,t2:7400 --data-dir /var/lib/shoal --upload-limit 50MB/s",
     ),
-    "put": ("publish a file; prints its id last", "shoal put ./model.bin --name model-v2.bin --chunk-size 4MiB"),
+    "put": (
+        "publish a file; prints its id last",
+        "shoal put ./model.bin --name model-v2.bin --chunk-size 4MiB\n  shoal put --move /data/model.bin",
+    ),
     "get": (
         "download a file by id",
         "shoal get ID -o ./model.bin\n  shoal get ID -o /models/ --overwrite\n  shoal --json get ID -o out.bin | jq .",
     ),
     "search": ("find files by name", "shoal search model"),
     "peers": ("live peers holding a file", "shoal peers ID"),
-    "ls": ("what this peer holds", "shoal ls --json"),
+    "ls": ("what this peer holds: size, pinned, last use and state", "shoal ls\n  shoal ls --json"),
+    "rm": ("remove a file from this peer and withdraw it from the trackers", "shoal rm ID"),
+    "cancel": ("stop a download and drop its partial data (it does not resume)", "shoal cancel ID"),
+    "pin": ("keep a file from eviction by the cache quota", "shoal pin ID"),
+    "unpin": ("let the cache quota evict a file again", "shoal unpin ID"),
     "status": ("this peer's id, address, trackers and bytes up/down", "shoal status"),
     "verify": ("re-hash a held file; exit 1 (and drop it) when it no longer matches", "shoal verify ID"),
     "demo": ("run a local swarm of real processes and check every copy", "shoal demo --peers 4 --size 256MiB"),
@@ -129,6 +136,14 @@ def build_parser() -> argparse.ArgumentParser:
     put = _sub(sub, "put", client)
     put.add_argument("path", metavar="PATH", help="the local file to publish").complete = FILE  # type: ignore[attr-defined]
     put.add_argument("--name", default=None, help="name to publish under (default: the file's base name)")
+    put.add_argument(
+        "--move", action="store_true", help="take the file in: rename it into the data dir (the path goes away)"
+    )
+    put.add_argument(
+        "--copy",
+        action="store_true",
+        help="store an independent copy, never a hard link (your file stays writable)",
+    )
 
     get = _sub(sub, "get", client)
     get.add_argument("file_id", metavar="ID", help="the file id, 64 hex characters, as `put` or `search` printed it")
@@ -145,6 +160,8 @@ def build_parser() -> argparse.ArgumentParser:
     _sub(sub, "search", client).add_argument("term", metavar="TERM", help="case-insensitive part of the file name")
     _sub(sub, "peers", client).add_argument("file_id", metavar="ID", help="the file id, 64 hex characters")
     _sub(sub, "ls", client)
+    for verb in ("rm", "cancel", "pin", "unpin"):
+        _sub(sub, verb, client).add_argument("file_id", metavar="ID", help="the file id, 64 hex characters")
     _sub(sub, "status", client)
     _sub(sub, "verify", client).add_argument("file_id", metavar="ID", help="the file id, 64 hex characters")
 

@@ -13,30 +13,41 @@ from typing import NoReturn
 import grpc
 
 from shoal import content
+from shoal.cache import NoRoom
 from shoal.peer import access
 from shoal.peer.downloads import Downloads
 from shoal.peer.errors import DownloadError, NoHolders, TrackersUnavailable
+from shoal.peer.keeper import Keeper
+from shoal.peer.listing import OutputExists, local_file, named_output
 from shoal.peer.node import Node
 from shoal.peer.swarm import Download
 from shoal.peer.trackers import TrackerClient
-from shoal.store import DiskFull, Entry, StoreError, check_output, check_source
+from shoal.store import DiskFull, Entry, NotHeld, StoreError, check_output, check_source
 from shoal.v1 import common_pb2, control_pb2, control_pb2_grpc
 
 logger = logging.getLogger(__name__)
 
 PROGRESS_EVERY = 0.2
+_METHODS = {
+    "move": control_pb2.PUT_METHOD_MOVE,
+    "reflink": control_pb2.PUT_METHOD_REFLINK,
+    "link": control_pb2.PUT_METHOD_LINK,
+    "copy": control_pb2.PUT_METHOD_COPY,
+}
 
 
 async def _fail(context: grpc.aio.ServicerContext, err: Exception) -> NoReturn:
     """Turn a domain error into a gRPC status with a clear message."""
     if isinstance(err, content.ContentError):
         code = grpc.StatusCode.INVALID_ARGUMENT
-    elif isinstance(err, NoHolders):
+    elif isinstance(err, (NoHolders, NotHeld)):
         code = grpc.StatusCode.NOT_FOUND
     elif isinstance(err, TrackersUnavailable):
         code = grpc.StatusCode.UNAVAILABLE
-    elif isinstance(err, DiskFull):
+    elif isinstance(err, (DiskFull, NoRoom)):
         code = grpc.StatusCode.RESOURCE_EXHAUSTED
+    elif isinstance(err, OutputExists):
+        code = grpc.StatusCode.ALREADY_EXISTS
     else:
         code = grpc.StatusCode.FAILED_PRECONDITION
     await context.abort(code, str(err))
@@ -57,14 +68,20 @@ def _outside(output: Path, data_dir: Path) -> None:
 
 
 class ControlServicer(control_pb2_grpc.ControlServicer):
-    """Put, get, search, peers, ls and status for the local CLI."""
+    """Put, get, search, peers, ls, status, rm, cancel and pin for the local CLI."""
 
     def __init__(
-        self, node: Node, downloads: Downloads, trackers: TrackerClient, tickets: access.Tickets | None = None
+        self,
+        node: Node,
+        downloads: Downloads,
+        trackers: TrackerClient,
+        keeper: Keeper,
+        tickets: access.Tickets | None = None,
     ) -> None:
         self._node = node
         self._downloads = downloads
         self._trackers = trackers
+        self._keeper = keeper
         self._tickets = tickets  # None: every caller is trusted (TCP with a token, or a 0600 socket)
 
     async def _caller(self, context: grpc.aio.ServicerContext) -> access.Caller:
@@ -91,14 +108,29 @@ class ControlServicer(control_pb2_grpc.ControlServicer):
         except content.ContentError as err:
             await _fail(context, err)
         await self._allowed(context, caller, source, "read")
+        if request.move:  # taking the file in removes it from its directory: the caller must be able to do that
+            await self._allowed(context, caller, source.parent, "write")
         try:
             await asyncio.to_thread(check_source, source)
-            entry = await asyncio.to_thread(node.store.publish, source, name, chunk_size)
+            await self._keeper.admit("", (await asyncio.to_thread(source.stat)).st_size)
+            placed = await asyncio.to_thread(
+                node.store.put, source, name, chunk_size, move=request.move, link=not request.copy
+            )
         except (content.ContentError, StoreError) as err:
             await _fail(context, err)
-        logger.info("published %s as %s (%d bytes)", name, entry.file_id, entry.manifest.size)
+        except OSError as err:
+            await _fail(context, StoreError(f"cannot read {request.path}: {err.strerror or err}"))
+        entry = placed.entry
+        logger.info("published %s as %s (%d bytes, %s)", name, entry.file_id, entry.manifest.size, placed.method)
         self._trackers.announce_soon()
-        return control_pb2.PutResponse(file=entry.info, chunks=len(entry.manifest.chunk_sha256))
+        self._keeper.sweep_soon()
+        return control_pb2.PutResponse(
+            file=entry.info,
+            chunks=len(entry.manifest.chunk_sha256),
+            held_as=placed.held_as,
+            added_name=placed.added_name,
+            method=_METHODS[placed.method],
+        )
 
     async def Get(
         self, request: control_pb2.GetRequest, context: grpc.aio.ServicerContext
@@ -108,16 +140,26 @@ class ControlServicer(control_pb2_grpc.ControlServicer):
         try:
             file_id = content.parse_file_id(request.file_id)
             output = _absolute(request.output, "output") if request.output else None
-            if output is not None:
-                _outside(output, self._node.config.data_dir)
+            into = _absolute(request.output_dir, "output_dir") if request.output_dir and output is None else None
+            for target in (output, into):
+                if target is not None:
+                    _outside(target, self._node.config.data_dir)
         except content.ContentError as err:
             await _fail(context, err)
         if output is not None:
             await self._allowed(context, caller, output, "write")
+        if into is not None:
+            await self._allowed(context, caller, into, "write")
         try:
             if output is not None:
                 await asyncio.to_thread(check_output, output)
-        except StoreError as err:
+            if into is not None and not into.is_dir():
+                raise StoreError(f"output directory does not exist: {into}")
+            known = self._node.store.get(file_id)
+            if into is not None and known is not None:
+                named_output(into, known.manifest.name, overwrite=request.overwrite)  # refuse before downloading
+            await asyncio.to_thread(self._node.store.unstop, file_id)  # asked again: resume it at start too
+        except (content.ContentError, StoreError) as err:
             await _fail(context, err)
         started = time.monotonic()
         download, task = downloads.start(file_id, str(output) if output else "")
@@ -132,6 +174,9 @@ class ControlServicer(control_pb2_grpc.ControlServicer):
             downloads.detach(file_id, cancelled=cancelled)
         try:
             entry = task.result()
+            if into is not None:
+                output = named_output(into, entry.manifest.name, overwrite=request.overwrite)
+                await self._allowed(context, caller, output, "write")
             if output is not None:
                 if await self._corrupt(entry):
                     await context.abort(grpc.StatusCode.DATA_LOSS, f"the copy of {file_id} here is corrupt; dropped it")
@@ -139,9 +184,10 @@ class ControlServicer(control_pb2_grpc.ControlServicer):
         except (DownloadError, StoreError, TrackersUnavailable) as err:
             await _fail(context, err)
         except asyncio.CancelledError:
-            await context.abort(grpc.StatusCode.CANCELLED, "download stopped (peer shutting down)")
+            await context.abort(grpc.StatusCode.CANCELLED, "download stopped (cancelled, removed, or peer stopping)")
         final = self._progress(download, done=True)
         final.seconds = time.monotonic() - started
+        final.written_to = str(output) if output is not None else ""
         yield final
 
     async def _corrupt(self, entry: Entry, *, always: bool = False) -> list[int]:
@@ -192,6 +238,7 @@ class ControlServicer(control_pb2_grpc.ControlServicer):
                 )
             )
             progress.seconds = summary.seconds
+            progress.transfer_seconds = summary.transfer_seconds
         return progress
 
     async def Search(
@@ -216,16 +263,9 @@ class ControlServicer(control_pb2_grpc.ControlServicer):
     async def List(
         self, request: control_pb2.ListRequest, context: grpc.aio.ServicerContext
     ) -> control_pb2.ListResponse:
-        files = [
-            control_pb2.LocalFile(
-                file=entry.info,
-                complete=entry.complete,
-                chunks_done=entry.have.count,
-                chunks_total=entry.have.size,
-            )
-            for entry in sorted(self._node.store.entries(), key=lambda e: (e.manifest.name, e.file_id))
-        ]
-        return control_pb2.ListResponse(files=files)
+        active = self._downloads.active()
+        entries = sorted(self._node.store.entries(), key=lambda e: (e.manifest.name, e.file_id))
+        return control_pb2.ListResponse(files=[local_file(entry, active) for entry in entries])
 
     async def Status(
         self, request: control_pb2.StatusRequest, context: grpc.aio.ServicerContext
@@ -241,4 +281,31 @@ class ControlServicer(control_pb2_grpc.ControlServicer):
             active_downloads=len(self._downloads),
             uptime_seconds=time.monotonic() - stats.started_at,
             data_dir=str(node.config.data_dir),
+            store_bytes=node.store.bytes_used,
+            cache_quota_bytes=self._keeper.cache.quota_bytes,
         )
+
+    async def Remove(
+        self, request: control_pb2.RemoveRequest, context: grpc.aio.ServicerContext
+    ) -> control_pb2.RemoveResponse:
+        try:
+            entry = await self._keeper.remove(content.parse_file_id(request.file_id))
+        except (content.ContentError, StoreError) as err:
+            await _fail(context, err)
+        return control_pb2.RemoveResponse(file=entry.info, freed_bytes=entry.held_bytes)
+
+    async def Cancel(
+        self, request: control_pb2.CancelRequest, context: grpc.aio.ServicerContext
+    ) -> control_pb2.CancelResponse:
+        try:
+            entry = await self._keeper.cancel(content.parse_file_id(request.file_id))
+        except (content.ContentError, StoreError) as err:
+            await _fail(context, err)
+        return control_pb2.CancelResponse(file=entry.info, freed_bytes=entry.held_bytes)
+
+    async def Pin(self, request: control_pb2.PinRequest, context: grpc.aio.ServicerContext) -> control_pb2.PinResponse:
+        try:
+            entry = await self._keeper.pin(content.parse_file_id(request.file_id), request.pinned)
+        except (content.ContentError, StoreError) as err:
+            await _fail(context, err)
+        return control_pb2.PinResponse(file=local_file(entry, self._downloads.active()))

@@ -16,6 +16,7 @@ from pathlib import Path
 import grpc
 
 from shoal import net
+from shoal.cache import Cache
 from shoal.config import PeerConfig
 from shoal.exporter import ProcessMetrics
 from shoal.health import Health
@@ -23,6 +24,7 @@ from shoal.peer import access
 from shoal.peer.control import ControlServicer
 from shoal.peer.credentials import TrackerSecrets
 from shoal.peer.downloads import Downloads
+from shoal.peer.keeper import Keeper
 from shoal.peer.links import LinkPool
 from shoal.peer.metrics import watch_peer
 from shoal.peer.node import Node
@@ -30,6 +32,7 @@ from shoal.peer.server import PeerServicer, add_to_server
 from shoal.peer.swarm import Download
 from shoal.peer.trackers import TrackerClient, held_files
 from shoal.peer.uploads import Uploads
+from shoal.quota import QuotaSpec
 from shoal.store import Store
 from shoal.v1 import control_pb2_grpc
 from shoal.zone import detect_zone
@@ -82,6 +85,7 @@ class PeerDaemon:
         self.trackers: TrackerClient
         self.uploads: Uploads
         self.downloads: Downloads
+        self.keeper: Keeper
         self.port = 0
         self.health = Health([SERVICE_NAME])
         self.metrics = ProcessMetrics(config.metrics_port) if config.metrics_port is not None else None
@@ -104,6 +108,9 @@ class PeerDaemon:
         control_address = check_control_address(self.config.control_address)
         self.config.data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
         await asyncio.to_thread(self.store.open)
+        cache = await asyncio.to_thread(
+            Cache.open, self.store, QuotaSpec.of(self.config.cache_size), self.config.data_dir
+        )
         peer_id = await asyncio.to_thread(self.store.peer_id)
         self.port = net.bind(self._peer_server, self.config.listen)
         zone = await asyncio.to_thread(detect_zone, self.config.zone)
@@ -123,16 +130,23 @@ class PeerDaemon:
         self.uploads = Uploads(store, node.stats, node.upload_bucket, self.config.upload_slots, announce_soon)
 
         def make(file_id: str, output: str) -> Download:
-            return Download(node, trackers, self.links, file_id, output, announce_soon=announce_soon)
+            return Download(
+                node, trackers, self.links, file_id, output, announce_soon=announce_soon, admit=self.keeper.admit
+            )
 
-        self.downloads = Downloads(node, make, announce_soon)
+        def changed() -> None:  # a download ended: announce, and sweep if it pushed usage past the mark
+            announce_soon()
+            self.keeper.sweep_soon()
+
+        self.downloads = Downloads(node, make, changed)
+        self.keeper = Keeper(cache, self.downloads, announce_soon)
         if self.metrics is not None:
-            watch_peer(self.metrics, node, lambda: len(self.downloads))
+            watch_peer(self.metrics, node, lambda: len(self.downloads), cache=cache)
         add_to_server(PeerServicer(node, self.uploads, self.downloads), self._peer_server)
         self.health.attach(self._peer_server)
         if control_address.startswith("unix:"):
             self._tickets = access.Tickets(required=self._control_gid is not None)
-        control = ControlServicer(node, self.downloads, trackers, self._tickets)
+        control = ControlServicer(node, self.downloads, trackers, self.keeper, self._tickets)
         control_pb2_grpc.add_ControlServicer_to_server(control, self._control_server)
         if control_address.startswith("unix:"):
             path = Path(control_address.removeprefix("unix:"))
@@ -146,13 +160,16 @@ class PeerDaemon:
         else:
             logger.info("control API on TCP %s: every call must carry the token", control_address)
         self._background.append(asyncio.create_task(self.trackers.run(), name="announcer"))
-        for entry in self.store.entries():
-            if not entry.complete:
-                logger.info("resuming download of %s (%d/%d chunks)", entry.file_id, entry.have.count, entry.have.size)
-                self.downloads.start(entry.file_id, entry.output, export=True)
+        self._background.append(asyncio.create_task(self.keeper.run(), name="cache-keeper"))
+        self.keeper.sweep_soon()  # a smaller --cache-size than last time takes effect at start
+        for entry in self.store.resumable():  # not the ones stopped by Ctrl-C: those wait for `get`
+            logger.info("resuming download of %s (%d/%d chunks)", entry.file_id, entry.have.count, entry.have.size)
+            self.downloads.start(entry.file_id, entry.output, export=True)
         if self.metrics is not None:
             self.metrics.serve()
         await self.health.serving()
+        if cache.quota_bytes:
+            logger.info("cache quota %d bytes (%d held)", cache.quota_bytes, self.store.bytes_used)
         logger.info(
             "peer %s listening on %s (advertised %s), control on %s, trackers %s",
             peer_id,

@@ -4,6 +4,7 @@ the last one that asked cancels. Owned by the daemon; the peer server reaches th
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections.abc import Callable
 from pathlib import Path
@@ -29,10 +30,23 @@ class Downloads:
         self._running: dict[str, Download] = {}
         self._tasks: dict[str, asyncio.Task[Entry]] = {}
         self._waiters: dict[str, int] = {}
+        self._user_stopped: set[str] = set()  # cancelled by their last client: not resumed at the next start
 
     def __len__(self) -> int:
         """Downloads in progress."""
         return len(self._running)
+
+    def active(self) -> set[str]:
+        """Ids of the files with a download running now (the cache never evicts them)."""
+        return set(self._running)
+
+    async def stop(self, file_id: str) -> None:
+        """Stop the download of a file, if one runs, and wait for it to end (rm and cancel)."""
+        task = self._tasks.get(file_id)
+        if task is None or task.done():
+            return
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
 
     def start(self, file_id: str, output: str, *, export: bool = False) -> tuple[Download, asyncio.Task[Entry]]:
         """Start a download, or join the one already running for this file."""
@@ -62,6 +76,10 @@ class Downloads:
         except asyncio.CancelledError:
             node.observer.download_finished(download.elapsed, "cancelled")
             logger.info("download of %s stopped; verified chunks stay on disk for resume", download.file_id)
+            if download.file_id in self._user_stopped:  # Ctrl-C: resumed only when `get` asks again
+                self._user_stopped.discard(download.file_id)
+                with contextlib.suppress(StoreError):
+                    await asyncio.to_thread(node.store.stop, download.file_id)
             raise
         finally:
             self._running.pop(download.file_id, None)
@@ -83,6 +101,7 @@ class Downloads:
             self._waiters.pop(file_id, None)
             task = self._tasks.get(file_id)
             if cancelled and task is not None and not task.done():
+                self._user_stopped.add(file_id)
                 task.cancel()
 
     def cancel_all(self) -> list[asyncio.Task[Entry]]:

@@ -15,6 +15,7 @@ from shoal.exporter import ProcessMetrics, counter, gauge, on_loop
 from shoal.peer.node import Observer
 
 if TYPE_CHECKING:
+    from shoal.cache import Cache
     from shoal.peer.node import Stats
     from shoal.ratelimit import TokenBucket
     from shoal.store import Store
@@ -83,8 +84,10 @@ class PeerCollector:
         active_downloads: Callable[[], int],
         loop: asyncio.AbstractEventLoop,
         clock: Callable[[], float] = time.monotonic,
+        cache: Cache | None = None,
     ) -> None:
         self._peer = peer
+        self._cache = cache
         self._active_downloads = active_downloads
         self._loop = loop
         self._clock = clock  # the clock that stamped stats.started_at
@@ -143,7 +146,31 @@ class PeerCollector:
         files.add_metric(["complete"], complete)
         files.add_metric(["partial"], len(entries) - complete)
         yield files
+        yield from self._cache_families()
         yield gauge("shoal_peer_uptime_seconds", "Seconds since the peer started.", self._clock() - stats.started_at)
+
+    def _cache_families(self) -> Iterator[Metric]:
+        cache = self._cache
+        yield gauge(
+            "shoal_peer_store_bytes",
+            "Bytes held in the data dir: complete files plus verified chunks of partial downloads.",
+            self._peer.store.bytes_used,
+        )
+        yield gauge(
+            "shoal_peer_cache_quota_bytes",
+            "The cache quota (--cache-size) in bytes; 0 when there is none.",
+            cache.quota_bytes if cache is not None else 0,
+        )
+        yield counter(
+            "shoal_peer_evictions_total",
+            "Files the cache quota evicted.",
+            cache.evictions_total if cache is not None else 0,
+        )
+        yield counter(
+            "shoal_peer_evicted_bytes_total",
+            "Bytes the files the cache quota evicted held.",
+            cache.evicted_bytes_total if cache is not None else 0,
+        )
 
 
 def watch_peer(
@@ -151,7 +178,9 @@ def watch_peer(
     peer: WatchedPeer,
     active_downloads: Callable[[], int],
     clock: Callable[[], float] = time.monotonic,
+    *,
+    cache: Cache | None = None,
 ) -> None:
     """Feed the histograms from peer.observer and read the peer's state at scrape time (call on the peer's loop)."""
     peer.observer = PeerObserver(metrics.registry)
-    metrics.registry.register(PeerCollector(peer, active_downloads, asyncio.get_running_loop(), clock))
+    metrics.registry.register(PeerCollector(peer, active_downloads, asyncio.get_running_loop(), clock, cache))

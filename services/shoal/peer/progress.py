@@ -22,6 +22,7 @@ class Summary:
     rejected_chunks: int = 0
     banned_peers: int = 0
     seconds: float = 0.0
+    transfer_seconds: float = 0.0  # from the first request to the last chunk verified: the rate's denominator
 
     def received(self, source: str, nbytes: int, *, complete: bool) -> None:
         """A verified chunk from `source` (a complete holder or one still downloading)."""

@@ -14,7 +14,7 @@ import functools
 import logging
 import random
 import time
-from collections.abc import Callable, Coroutine
+from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass, field
 
 from shoal import content
@@ -60,6 +60,7 @@ class Download:
         output: str = "",
         *,
         announce_soon: Callable[[], None] = lambda: None,
+        admit: Callable[[str, int], Awaitable[None]] = lambda file_id, size: asyncio.sleep(0),
         clock: Callable[[], float] = time.monotonic,
         rng: random.Random | None = None,
         tick: float = TICK,
@@ -72,6 +73,7 @@ class Download:
         self._trackers = trackers
         self._links = links
         self._announce_soon = announce_soon
+        self._admit_size = admit  # the cache quota's admission (file id, size): raises before anything is written
         self._clock = clock
         self._rng = rng or random.Random()
         self._tick = tick
@@ -81,7 +83,7 @@ class Download:
         self._sessions: dict[str, _Session] = {}
         self._picker: Picker | None = None
         self._wake = asyncio.Event()
-        self._started = self._last_progress = clock()
+        self._started = self._last_progress = self._transfer_started = clock()
         self._chunk_size = 1
         self._failure: BaseException | None = None
         self._digest: PrefixDigest | None = None
@@ -137,7 +139,10 @@ class Download:
             if entry is None:
                 manifest, holders = await find_manifest(self.node, self._trackers, self._links, self.file_id)
                 self.add_sources(holders)
+                await self._admit_size(self.file_id, manifest.size)
                 entry = await asyncio.to_thread(store.begin, self.file_id, manifest, self.output)
+            elif not entry.complete:
+                await self._admit_size(self.file_id, entry.manifest.size)
             self.entry = entry
             self.summary.resumed_chunks = entry.have.count
             if not entry.complete:
@@ -148,6 +153,7 @@ class Download:
             await self._stop_all()
 
     async def _swarm(self, entry: Entry) -> None:
+        self._transfer_started = self._clock()
         self._picker = Picker(entry.have, self._rng)
         self._digest = digest = PrefixDigest(self.node.store, entry)
         self._chunk_size = int(entry.manifest.chunk_size)
@@ -360,6 +366,7 @@ class Download:
         else:
             stats.from_partial_bytes += nbytes
         self.summary.received(source.key, nbytes, complete=complete)
+        self.summary.transfer_seconds = self._last_progress - self._transfer_started
         assert self._picker is not None
         for loser in self._picker.completed(index):
             if loser != source.key:

@@ -18,6 +18,7 @@ from shoal.peer.node import Stats
 from shoal.peer.superseed import SuperSeeder
 from shoal.ratelimit import TokenBucket
 from shoal.store import CorruptChunk, Entry, Store
+from shoal.store import NotHeld as Removed
 
 logger = logging.getLogger(__name__)
 
@@ -62,6 +63,8 @@ class Uploads:
         """Read one held chunk for `peer_id` (a valid index), holding an upload slot while it is read."""
         if index not in entry.have:
             raise NotHeld(f"chunk {index} not held yet")
+        if entry.retired:
+            raise NotHeld(f"file {entry.file_id} was removed from this peer")
         if self.draining:
             raise Draining("peer is shutting down")
         stats = self._stats
@@ -75,6 +78,8 @@ class Uploads:
             await self._bucket.take(length)
             try:
                 data = await asyncio.to_thread(self._store.read_chunk, entry, index)
+            except Removed as err:  # removed or evicted meanwhile: no longer served
+                raise NotHeld(str(err)) from err
             except CorruptChunk as err:
                 logger.error("%s; dropping the file from this peer", err)
                 await asyncio.to_thread(self._store.remove, entry.file_id)

@@ -173,19 +173,27 @@ class GetRequest(_message.Message):
 
     FILE_ID_FIELD_NUMBER: _builtins.int
     OUTPUT_FIELD_NUMBER: _builtins.int
+    OVERWRITE_FIELD_NUMBER: _builtins.int
+    OUTPUT_DIR_FIELD_NUMBER: _builtins.int
     file_id: _builtins.str
     """File id: 64 lowercase hex characters."""
     output: _builtins.str
     """Absolute path to write the finished file to; empty keeps it in the data dir only."""
+    overwrite: _builtins.bool
+    """Replace an existing file at the output path (otherwise the export refuses it, as dfget does)."""
+    output_dir: _builtins.str
+    """Absolute path of a directory: the file is written to output_dir/<name from the manifest> (output unset)."""
     def __init__(
         self,
         *,
         file_id: _builtins.str = ...,
         output: _builtins.str = ...,
+        overwrite: _builtins.bool = ...,
+        output_dir: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["file_id", b"file_id", "output", b"output"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["file_id", b"file_id", "output", b"output", "output_dir", b"output_dir", "overwrite", b"overwrite"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -245,6 +253,8 @@ class GetProgress(_message.Message):
     DONE_FIELD_NUMBER: _builtins.int
     SOURCES_FIELD_NUMBER: _builtins.int
     SECONDS_FIELD_NUMBER: _builtins.int
+    TRANSFER_SECONDS_FIELD_NUMBER: _builtins.int
+    WRITTEN_TO_FIELD_NUMBER: _builtins.int
     done_bytes: _builtins.int
     """Verified bytes so far."""
     total_bytes: _builtins.int
@@ -253,6 +263,12 @@ class GetProgress(_message.Message):
     """True on the final message, after the file is verified and in place."""
     seconds: _builtins.float
     """Seconds the download took (final message)."""
+    transfer_seconds: _builtins.float
+    """Seconds spent transferring chunks (final message): from the first request to the last chunk verified,
+    so bytes received over it is the transfer rate; 0 when nothing was transferred.
+    """
+    written_to: _builtins.str
+    """Where the file was written (final message), the path the daemon chose for output_dir included."""
     @_builtins.property
     def file(self) -> _common_pb2.FileInfo:
         """The file being downloaded (set once the manifest is known)."""
@@ -270,10 +286,12 @@ class GetProgress(_message.Message):
         done: _builtins.bool = ...,
         sources: Global___SourceShare | None = ...,
         seconds: _builtins.float = ...,
+        transfer_seconds: _builtins.float = ...,
+        written_to: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["file", b"file", "sources", b"sources"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["done", b"done", "done_bytes", b"done_bytes", "file", b"file", "seconds", b"seconds", "sources", b"sources", "total_bytes", b"total_bytes"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["done", b"done", "done_bytes", b"done_bytes", "file", b"file", "seconds", b"seconds", "sources", b"sources", "total_bytes", b"total_bytes", "transfer_seconds", b"transfer_seconds", "written_to", b"written_to"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
