@@ -106,7 +106,7 @@ def test_tcp_control_needs_its_token(swarm: LocalSwarm, tmp_path: Path) -> None:
         shoal_cmd(*env_cmd, "ls", "--control-token-file", str(token)), capture_output=True, text=True, timeout=60
     )
     assert listing.returncode == 0, listing.stderr
-    assert listing.stdout.strip() == ""
+    assert listing.stdout.splitlines()[1:] == []  # the header only: nothing held
     # ... and still serves honest work afterwards.
     data = tmp_path / "honest.bin"
     make_file(data, 300_000)
@@ -172,7 +172,7 @@ def test_group_member_may_touch_only_its_own_paths(swarm: LocalSwarm, shared_dir
                 print(err.code().name)
     """)
     assert as_nobody("-c", raw).stdout.strip() == "UNAUTHENTICATED"
-    assert len(as_root(socket_path, "ls").splitlines()) == 1  # only the honest file was published
+    assert len(as_root(socket_path, "ls").splitlines()[1:]) == 1  # under the header: only the honest file
 
     # nobody may still publish its own file and download into its own directory.
     mine_dir = shared_dir / "nobody"

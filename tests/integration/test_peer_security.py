@@ -37,7 +37,7 @@ def call(peer: Proc, method: str, request: object) -> tuple[grpc.StatusCode, obj
 def publish(swarm: LocalSwarm, peer: Proc, tmp_path: Path, name: str) -> str:
     source = tmp_path / name
     make_file(source, SIZE)
-    return put(swarm, peer, source, "--chunk-size", "64KiB")
+    return put(swarm, peer, source, "--chunk-size", "64KiB", "--copy")  # a store copy of its own (one link)
 
 
 def corrupt(peer: Proc, file_id: str, index: int) -> None:
