@@ -7,7 +7,7 @@ Layout under DATA_DIR:
   <entry>/used, pinned, stopped, names           bookkeeping: last use (unix time, written lazily), pin marker,
                                                  "do not resume at start" marker, extra names (one a line)
   tmp/                          scratch; emptied at start
-A download becomes visible under files/ only after the whole file is verified (directory rename).
+A download becomes visible under files/ only after every chunk is verified and flushed (directory rename).
 Every method here blocks: the daemon calls them through asyncio.to_thread.
 """
 
@@ -31,8 +31,6 @@ from shoal import content, ingest
 from shoal.v1 import common_pb2
 
 logger = logging.getLogger(__name__)
-
-SYNC_EVERY = 64 * 1024 * 1024  # flush a download's data file every 64 MiB of verified prefix
 
 
 class StoreError(Exception):
@@ -66,7 +64,6 @@ class Entry:
     output: str = ""
     fd: int = -1
     have_fd: int = -1
-    synced: int = 0  # bytes of the data file known flushed to disk, from the start
     lock: threading.Lock = field(default_factory=threading.Lock)
     # One writer at a time: concurrent buffered writes to one file spin on its inode lock in the kernel.
     write_lock: threading.Lock = field(default_factory=threading.Lock)
@@ -372,45 +369,41 @@ class Store:
             raise _explain(err, f"writing chunk {index}") from err
         return True
 
-    def hash_prefix(self, entry: Entry, digest: hashlib._Hash, start: int) -> int:
-        """Feed held chunks from `start` onwards, in order, into `digest`; return the first index not fed.
+    def verify_whole(self, entry: Entry) -> bool:
+        """On demand (`shoal verify`, a scrub): re-read the held file and compare every chunk and the whole-file hash.
 
-        Every SYNC_EVERY bytes of prefix it also flushes the data file, so the disk writes while the
-        download runs and the fsync in `finish` only has the tail left.
+        A download does not need this: every chunk was verified against a manifest that hashes to the file id.
         """
-        index = start
-        fd = self._fd(entry, writable=not entry.complete)
-        end = 0
-        while index < entry.have.size and index in entry.have:
-            offset, length = content.chunk_span(entry.manifest, index)
-            digest.update(os.pread(fd, length, offset))
-            end = offset + length
-            index += 1
-        if not entry.complete and end - entry.synced >= SYNC_EVERY:
-            os.fdatasync(fd)
-            entry.synced = end
-        return index
+        if not entry.have.complete:
+            raise StoreError("file is missing chunks")
+        whole = hashlib.sha256()
+        try:
+            fd = self._fd(entry, writable=not entry.complete)
+            for index in range(entry.have.size):
+                offset, length = content.chunk_span(entry.manifest, index)
+                data = os.pread(fd, length, offset)
+                if not content.chunk_ok(entry.manifest, index, data):
+                    return False
+                whole.update(data)
+        except OSError as err:
+            raise _explain(err, "verifying file") from err
+        return whole.digest() == entry.manifest.file_sha256
 
-    def finish(self, entry: Entry, digest: hashlib._Hash | None = None, hashed_chunks: int = 0) -> Entry:
-        """Verify the whole file (continuing a digest of its first chunks), then show it as complete."""
+    def finish(self, entry: Entry) -> Entry:
+        """Flush a download whose every chunk is verified, then show it as complete.
+
+        No whole-file re-hash: the file id commits to every chunk hash, so verified chunks are the published file.
+        """
         if entry.complete:
             return entry
         if not entry.have.complete:
             raise StoreError("download is missing chunks")
-        if digest is None:
-            digest, hashed_chunks = hashlib.sha256(), 0
         try:
-            if self.hash_prefix(entry, digest, hashed_chunks) != entry.have.size:
-                raise StoreError("download is missing chunks")
-            with open(entry.directory / "data", "rb") as data:
-                os.fsync(data.fileno())
+            os.fsync(self._fd(entry, writable=True))
         except OSError as err:
-            raise _explain(err, "verifying download") from err
-        if digest.digest() != entry.manifest.file_sha256:
-            self.remove(entry.file_id)  # start over next time rather than fail the same way forever
-            raise StoreError("whole-file hash mismatch")
+            raise _explain(err, "flushing download") from err
         with self._lock:
-            if entry.retired:  # cancelled or removed while it was being verified
+            if entry.retired:  # cancelled or removed while it was being flushed
                 raise NotHeld(f"the download of {entry.file_id} was cancelled")
             if entry.have_fd >= 0:
                 os.close(entry.have_fd)

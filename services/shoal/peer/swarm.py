@@ -18,7 +18,6 @@ from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
 
 from shoal import content
-from shoal.peer.digest import PrefixDigest
 from shoal.peer.errors import Busy, DownloadError, Lied, LinkError, NoHolders, NotHeld
 from shoal.peer.manifests import find_manifest, holders_from_trackers
 from shoal.peer.node import Node
@@ -84,7 +83,6 @@ class Download:
         self._started = self._last_progress = clock()
         self._chunk_size = 1
         self._failure: BaseException | None = None
-        self._digest: PrefixDigest | None = None
         self._verifying = 0  # chunks received and being verified and written
         self._serving = False  # a chunk of ours verified: the trackers have been asked to list us
         self._side_tasks: set[asyncio.Task[None]] = set()
@@ -130,7 +128,7 @@ class Download:
 
     # ---- main flow ------------------------------------------------------------------------------
     async def run(self) -> Entry:
-        """Download to completion and verify; raises DownloadError (or the StoreError) with a user-facing reason."""
+        """Download to completion, every chunk verified; raises DownloadError or StoreError with a user-facing reason."""
         store = self.node.store
         try:
             entry = store.get(self.file_id)
@@ -149,7 +147,6 @@ class Download:
 
     async def _swarm(self, entry: Entry) -> None:
         self._picker = Picker(entry.have, self._rng)
-        self._digest = digest = PrefixDigest(self.node.store, entry)
         self._chunk_size = int(entry.manifest.chunk_size)
         self.add_sources(list(self.node.known.get(self.file_id, {}).values()))
         last_tracker = self._clock()
@@ -181,8 +178,7 @@ class Download:
                 await asyncio.wait_for(self._wake.wait(), self._tick)
         await self._stop_all()
         await self._farewell(entry)
-        await digest.settle()
-        await asyncio.to_thread(self.node.store.finish, entry, digest.digest, digest.hashed)
+        await asyncio.to_thread(self.node.store.finish, entry)
 
     async def _farewell(self, entry: Entry) -> None:
         """Tell the sources we are complete (one last exchange), so they stop saving chunks for us."""
@@ -367,8 +363,6 @@ class Download:
                 task = session.fetches.get(index) if session is not None else None
                 if task is not None:
                     task.cancel()
-        if self._digest is not None:
-            self._digest.advance()
         if not self._serving:
             self._serving = True
             self._announce_soon()  # we now serve a chunk: let the trackers list us as a partial holder
