@@ -35,7 +35,7 @@ TRACKER_REFRESH = 3.0
 FIRST_REFRESH = 0.5  # a new swarm fills up fast: ask again after 0.5 s, then 1 s, 2 s, up to TRACKER_REFRESH
 STALL_TIMEOUT = 60.0  # no source and no progress this long: give up
 MAX_VERIFYING = 8  # received chunks waiting for hash and write, beyond which request slots are held
-TICK = 0.25  # the dispatcher looks again at least this often
+TICK = 1.0  # with nothing heard, the dispatcher still looks this often (stalls, cool-offs ending)
 
 
 @dataclass
@@ -128,7 +128,7 @@ class Download:
 
     # ---- main flow ------------------------------------------------------------------------------
     async def run(self) -> Entry:
-        """Download to completion, every chunk verified; raises DownloadError or StoreError with a user-facing reason."""
+        """Download to completion, every chunk verified; raises DownloadError or StoreError saying why."""
         store = self.node.store
         try:
             entry = store.get(self.file_id)
@@ -174,8 +174,11 @@ class Download:
             if now - self._last_progress > STALL_TIMEOUT * 2:
                 raise DownloadError(f"download of {self.file_id} stalled: no chunk arrived for a while")
             self._wake.clear()
+            # Sleep until something happens (a reply, a source, a failure) or the next timer is due:
+            # no fixed polling, so an idle download costs nothing between its timers.
+            wait = max(0.001, min(self._tick, last_tracker + refresh - self._clock()))
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), self._tick)
+                await asyncio.wait_for(self._wake.wait(), wait)
         await self._stop_all()
         await self._farewell(entry)
         await asyncio.to_thread(self.node.store.finish, entry)
@@ -245,19 +248,27 @@ class Download:
             self._spawn(self._links.drop(source.key))
 
     # ---- requests ---------------------------------------------------------------------------------
+    def _room_in_budget(self, length: int) -> bool:
+        """Bytes in flight (requested, or received and not yet written) stay within the peer's budget."""
+        stats = self.node.stats
+        return stats.inflight_bytes == 0 or stats.inflight_bytes + length <= self.node.config.inflight_budget
+
     def _dispatch(self) -> None:
         picker = self._picker
-        assert picker is not None
+        entry = self.entry
+        assert picker is not None and entry is not None
+        stats = self.node.stats
         for source in self._sources.by_preference():
             session = self._sessions.get(source.key)
             if source.busy or session is None:
                 continue
-            while source.room:
+            while source.room and self._room_in_budget(self._chunk_size):
                 index = picker.pick(source.key)
                 if index is None:
                     break
                 picker.started(index, source.key)
                 source.asked(index)
+                stats.inflight_bytes += content.chunk_span(entry.manifest, index)[1]
                 task = asyncio.create_task(self._fetch(source, session.link, index))
                 task.add_done_callback(functools.partial(self._fetch_done, source, session, index))
                 session.fetches[index] = task
@@ -334,6 +345,8 @@ class Download:
         """Bookkeeping for every fetch, including one cancelled before it ever ran."""
         if session.fetches.get(index) is task:
             del session.fetches[index]
+        if self.entry is not None:
+            self.node.stats.inflight_bytes -= content.chunk_span(self.entry.manifest, index)[1]
         source.requesting.discard(index)
         if self._picker is not None:
             self._picker.finished(index, source.key)
