@@ -78,7 +78,7 @@ class PeerDaemon:
         self.health = Health([SERVICE_NAME])
         self.metrics = ProcessMetrics(config.metrics_port) if config.metrics_port is not None else None
         interceptors = [self.metrics.interceptor] if self.metrics is not None else []
-        self._peer_server = grpc.aio.server(options=net.SERVER_OPTIONS, interceptors=interceptors)
+        self._peer_server = grpc.aio.server(options=net.PEER_SERVER_OPTIONS, interceptors=interceptors)
         self._control_server = grpc.aio.server(options=net.SERVER_OPTIONS, interceptors=interceptors)
         self._background: list[asyncio.Task[None]] = []
 
