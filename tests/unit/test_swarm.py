@@ -351,15 +351,15 @@ async def test_holders_heard_during_the_download_become_sources(tmp_path: Path) 
 async def test_bytes_in_flight_stay_within_the_budget(tmp_path: Path) -> None:
     node = make_node(tmp_path, inflight_budget=3 * CS, requests_per_peer=4)
     peers = [FakePeer(n) for n in (1, 2, 3)]
+    gate = asyncio.Event()
     for peer in peers:
-        peer.gate = asyncio.Event()
+        peer.gate = gate
     dl = download(node, FakeLinks(*peers), FakeTrackers(*peers), FakeClock())
     run = asyncio.create_task(dl.run())
     await until("the budget filled", lambda: node.stats.inflight_bytes >= 3 * CS - 100)
     await asyncio.sleep(0.05)  # several ticks: nothing more goes out while the budget is full
     assert sum(len(p.asked) for p in peers) == 3 and node.stats.inflight_bytes <= 3 * CS
-    for peer in peers:
-        peer.gate.set()
+    gate.set()
     await finish(run)
     assert_complete(node)
     assert node.stats.inflight_bytes == 0  # every request's bytes given back, the cancelled ones too
