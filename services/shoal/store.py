@@ -32,6 +32,8 @@ from shoal.v1 import common_pb2
 
 logger = logging.getLogger(__name__)
 
+SYNC_EVERY = 64 * 1024 * 1024  # flush a download's data file every 64 MiB written, so finishing has little left
+
 
 class StoreError(Exception):
     """A store operation failed in a way the user should be told about."""
@@ -63,6 +65,7 @@ class Entry:
     have: content.Bitfield
     output: str = ""
     fd: int = -1
+    unsynced: int = 0  # bytes written since the data file was last flushed
     have_fd: int = -1
     lock: threading.Lock = field(default_factory=threading.Lock)
     # One writer at a time: concurrent buffered writes to one file spin on its inode lock in the kernel.
@@ -365,6 +368,12 @@ class Store:
                 os.pwrite(entry.have_fd, bytes([value]), position)
                 if not entry.retired:  # a dropped entry's bytes were already taken off
                     self._count(len(data))
+                entry.unsynced += len(data)
+                flush = entry.unsynced >= SYNC_EVERY
+                if flush:
+                    entry.unsynced = 0
+            if flush:  # the disk writes while the download runs; the fsync in finish has only the tail
+                os.fdatasync(fd)
         except OSError as err:
             raise _explain(err, f"writing chunk {index}") from err
         return True

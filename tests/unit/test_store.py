@@ -822,3 +822,27 @@ def test_cancel_during_a_download_stops_its_writes_and_finish(store: Store, data
     with pytest.raises(StoreError):  # a typed error, never a raw OSError, and nothing lands in files/
         store.finish(entry)
     assert store.bytes_used == 0 and listing(data_dir / "files") == [] and listing(data_dir / "partial") == []
+
+
+def test_a_download_is_flushed_as_it_is_written(store: Store, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr("shoal.store.SYNC_EVERY", 2 * CS)
+    synced: list[int] = []
+    real = os.fdatasync
+
+    def fdatasync(fd: int) -> None:
+        synced.append(fd)
+        real(fd)
+
+    monkeypatch.setattr("shoal.store.os.fdatasync", fdatasync)
+    data = pattern(5 * CS, seed=3)
+    file_id, manifest = build(data)
+    entry = store.begin(file_id, manifest, "")
+    parts = chunks_of(data)
+    store.write_chunk(entry, 3, parts[3])
+    assert synced == []  # one chunk: below SYNC_EVERY
+    store.write_chunk(entry, 0, parts[0])
+    assert len(synced) == 1 and entry.unsynced == 0
+    for index in (1, 2, 4):
+        store.write_chunk(entry, index, parts[index])
+    assert len(synced) == 2
+    assert store.finish(entry).complete
