@@ -22,7 +22,7 @@ _M_MMAP_THRESHOLD = -3
 _M_ARENA_MAX = -8
 
 MMAP_THRESHOLD = 2 * net.MAX_MESSAGE_BYTES  # every gRPC message, and a copy of it, stays in the heap
-TRIM_THRESHOLD = 4 * MMAP_THRESHOLD
+TRIM_THRESHOLD = 16 * 1024 * 1024  # free memory above this at the top of a heap goes back: RSS follows the bytes in flight
 ARENA_MAX = 4  # worker threads share a few arenas, so retained free memory does not multiply
 
 
