@@ -2,8 +2,8 @@
 
 glibc serves allocations above its mmap threshold (128 KiB at start) with mmap and gives them back
 with munmap, so each 1 MiB chunk read, sent, received and written costs hundreds of page faults and
-the kernel zeroing the pages again. Raising the threshold above the largest message, and the trim
-threshold with it, lets freed chunk buffers be reused: in bench/pair.py the serving peer spends
+the kernel zeroing the pages again. Raising the threshold above the largest message lets freed
+chunk buffers be reused (a 16 MiB trim threshold keeps a few of them, and gives the rest back): in bench/pair.py the serving peer spends
 about 40% less CPU per GiB. Memory stays bounded by the peak of buffers alive at once (upload slots
 and requests in flight), which bench/pair.py checks against its RSS target.
 """
