@@ -21,6 +21,7 @@ DEFAULT_CHUNK_SIZE = 1024 * 1024
 DEFAULT_UPLOAD_SLOTS = 16
 DEFAULT_MAX_PEERS_PER_DOWNLOAD = 16
 DEFAULT_REQUESTS_PER_PEER = 4
+DEFAULT_INFLIGHT_BUDGET = 16 * 1024 * 1024  # chunk bytes requested or received but not yet written
 DEFAULT_DEMO_PEERS = 6
 DEFAULT_DEMO_SIZE = 64 * 1024 * 1024
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
@@ -270,6 +271,12 @@ REQUESTS_PER_PEER = Setting(
     "requests_per_peer", "--requests-per-peer", "chunk requests in flight per source", env="REQUESTS_PER_PEER",
     default=DEFAULT_REQUESTS_PER_PEER, parse=_int, check=_at_least(1), metavar="N",
 )  # fmt: skip
+INFLIGHT_BUDGET = Setting(
+    "inflight_budget", "--inflight-budget",
+    "chunk bytes all downloads may have requested or received but not yet written (one chunk always may)",
+    env="INFLIGHT_BUDGET", default=DEFAULT_INFLIGHT_BUDGET, parse=units.parse_size, check=_at_least(1),
+    metavar="SIZE", shown_default="16MiB",
+)  # fmt: skip
 
 PUT_CHUNK_SIZE = Setting(
     "chunk_size", "--chunk-size", "chunk size for this file, 16KiB-16MiB", default=0, parse=units.parse_size,
@@ -290,8 +297,8 @@ COMMANDS: dict[str, tuple[Setting, ...]] = {
     "tracker": (LOG_LEVEL, LOG_FORMAT, TRACKER_LISTEN, ANNOUNCE_INTERVAL, PEER_TTL, METRICS_PORT),
     "peer": (
         LOG_LEVEL, LOG_FORMAT, PEER_LISTEN, TRACKERS, DATA_DIR, ADVERTISE, CONTROL, ZONE, CHUNK_SIZE,
-        UPLOAD_LIMIT, DOWNLOAD_LIMIT, UPLOAD_SLOTS, MAX_PEERS, REQUESTS_PER_PEER, METRICS_PORT, CACHE_SIZE,
-        CONTROL_TOKEN_FILE, CONTROL_GROUP,
+        UPLOAD_LIMIT, DOWNLOAD_LIMIT, UPLOAD_SLOTS, MAX_PEERS, REQUESTS_PER_PEER, INFLIGHT_BUDGET, METRICS_PORT,
+        CACHE_SIZE, CONTROL_TOKEN_FILE, CONTROL_GROUP,
     ),
     "put": (PEER, PUT_CHUNK_SIZE, CONTROL_TOKEN_FILE),
     "rm": (PEER, CONTROL_TOKEN_FILE),
@@ -356,6 +363,7 @@ class PeerConfig:
     upload_slots: int = DEFAULT_UPLOAD_SLOTS
     max_peers: int = DEFAULT_MAX_PEERS_PER_DOWNLOAD
     requests_per_peer: int = DEFAULT_REQUESTS_PER_PEER
+    inflight_budget: int = DEFAULT_INFLIGHT_BUDGET  # bytes, across every download of this peer
     metrics_port: int | None = None
     tracker_refresh: float = 30.0  # seconds between DNS re-resolutions of tracker names
     control_token_file: Path | None = None  # required with a TCP control address
@@ -385,6 +393,7 @@ class PeerConfig:
             upload_slots=values["upload_slots"],
             max_peers=values["max_peers"],
             requests_per_peer=values["requests_per_peer"],
+            inflight_budget=values["inflight_budget"],
             metrics_port=values["metrics_port"],
             control_token_file=values.get("control_token_file"),
             control_group=values.get("control_group"),

@@ -45,7 +45,7 @@ class Entry:
     output: str = ""
     fd: int = -1
     have_fd: int = -1
-    synced: int = 0  # bytes of the data file known flushed to disk, from the start
+    unsynced: int = 0  # bytes written since the data file was last flushed
     lock: threading.Lock = field(default_factory=threading.Lock)
     # One writer at a time: concurrent buffered writes to one file spin on its inode lock in the kernel.
     write_lock: threading.Lock = field(default_factory=threading.Lock)

@@ -60,6 +60,18 @@ SERVER_OPTIONS: list[tuple[str, int | str]] = [
     ("grpc.so_reuseport", 0),
 ]
 
+# The peer-facing server: a caller's connection carries at most this many calls at once (HTTP/2
+# SETTINGS_MAX_CONCURRENT_STREAMS); more wait in the caller's queue, so one greedy or old caller cannot pin
+# every upload slot's bytes. A downloader keeps requests_per_peer (4) chunk calls and an exchange per source, and
+# one channel per address is shared by every download of a peer: 16 leaves room for a few downloads at once.
+PEER_STREAMS_PER_CONNECTION = 16
+IDLE_CONNECTION_MS = 300_000  # a connection with no call for 5 minutes is closed (the caller redials)
+PEER_SERVER_OPTIONS: list[tuple[str, int | str]] = [
+    *SERVER_OPTIONS,
+    ("grpc.max_concurrent_streams", PEER_STREAMS_PER_CONNECTION),
+    ("grpc.max_connection_idle_ms", IDLE_CONNECTION_MS),
+]
+
 
 def open_channel(address: str, max_receive: int = MAX_MESSAGE_BYTES) -> grpc.aio.Channel:
     """Open an insecure channel with Shoal's limits and keepalive."""

@@ -63,7 +63,13 @@ class Aborted(Exception):
 
 
 class FakeContext:
-    """What the servicers use of a ServicerContext."""
+    """What the servicers use of a ServicerContext; done callbacks run when the call ends, as gRPC runs them."""
+
+    def __init__(self) -> None:
+        self.done: list[Any] = []
+
+    def add_done_callback(self, callback: Any) -> None:
+        self.done.append(callback)
 
     def peer(self) -> str:
         return "ipv4:127.0.0.1:1"
@@ -165,13 +171,18 @@ def file_ids(held: str) -> st.SearchStrategy[str]:
 
 
 async def invoke(handler: Any, request: Message) -> Any:
-    result = handler(request, cast(grpc.aio.ServicerContext, FakeContext()))
-    if hasattr(result, "__aiter__"):
-        last = None
-        async for item in cast(AsyncIterator[Any], result):
-            last = item
-        return last
-    return await result
+    context = FakeContext()
+    try:
+        result = handler(request, cast(grpc.aio.ServicerContext, context))
+        if hasattr(result, "__aiter__"):
+            last = None
+            async for item in cast(AsyncIterator[Any], result):
+                last = item
+            return last
+        return await result
+    finally:
+        for callback in context.done:
+            callback(context)
 
 
 def check(allowed: dict[str, set[grpc.StatusCode]], rpc: str, handler: Any, request: Message) -> Any:

@@ -15,7 +15,7 @@ from helpers.files import make_file, sha256_of
 from helpers.polling import wait_until
 
 from shoal.localswarm import LocalSwarm, Proc
-from shoal.peer.daemon import MAX_STREAMS_PER_CONNECTION
+from shoal.net import PEER_STREAMS_PER_CONNECTION as MAX_STREAMS_PER_CONNECTION
 from shoal.v1 import common_pb2, peer_pb2, peer_pb2_grpc
 
 CHUNK = 64 * 1024

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import contextlib
 import errno
-import hashlib
 import os
 import re
 import stat
@@ -242,7 +241,7 @@ def test_finish_with_missing_chunk(store: Store, data_dir: Path) -> None:
     assert listing(data_dir / "files") == []
 
 
-def test_finish_detects_corrupted_data(store: Store, data_dir: Path) -> None:
+def test_finish_trusts_verified_chunks_and_verify_finds_edits(store: Store, data_dir: Path) -> None:
     data = pattern(3 * CS + 5, seed=4)
     file_id, manifest = build(data)
     entry = store.begin(file_id, manifest, "")
@@ -253,12 +252,8 @@ def test_finish_detects_corrupted_data(store: Store, data_dir: Path) -> None:
         byte = raw.read(1)
         raw.seek(CS + 100)
         raw.write(bytes([byte[0] ^ 0xFF]))
-    with pytest.raises(StoreError, match="whole-file hash mismatch"):
-        store.finish(entry)
-    assert not entry.complete
-    assert listing(data_dir / "files") == []
-    assert listing(data_dir / "partial") == []  # dropped, so a retry starts clean
-    assert store.get(file_id) is None
+    assert store.finish(entry).complete  # no whole-file re-hash: every chunk was verified when it arrived
+    assert store.verify(entry) == [1]  # on demand, the edit is found
 
 
 def test_remove_deletes_partial(store: Store, data_dir: Path) -> None:
@@ -422,35 +417,6 @@ def test_export_partial_refused(store: Store, tmp_path: Path) -> None:
     with pytest.raises(StoreError, match="not complete"):
         store.export(entry, tmp_path / "out.bin")
     assert not (tmp_path / "out.bin").exists()
-
-
-def test_hash_prefix_feeds_in_order_and_flushes_as_it_goes(store: Store, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr("shoal.store.SYNC_EVERY", 2 * CS)
-    synced: list[int] = []
-    real = os.fdatasync
-
-    def fdatasync(fd: int) -> None:
-        synced.append(fd)
-        real(fd)
-
-    monkeypatch.setattr("shoal.store.os.fdatasync", fdatasync)
-    data = pattern(5 * CS, seed=3)
-    file_id, manifest = build(data)
-    parts = chunks_of(data)
-    entry = store.begin(file_id, manifest, "")
-    digest = hashlib.sha256()
-    for index in (0, 2):
-        store.write_chunk(entry, index, parts[index])
-    assert store.hash_prefix(entry, digest, 0) == 1  # stops at the first chunk not held
-    assert synced == [] and entry.synced == 0  # one chunk of prefix: below SYNC_EVERY
-    store.write_chunk(entry, 1, parts[1])
-    assert store.hash_prefix(entry, digest, 1) == 3
-    assert len(synced) == 1 and entry.synced == 3 * CS
-    for index in (3, 4):
-        store.write_chunk(entry, index, parts[index])
-    assert store.hash_prefix(entry, digest, 3) == 5
-    assert digest.digest() == hashlib.sha256(data).digest()
-    assert store.finish(entry, digest, 5).complete
 
 
 # ---- bookkeeping: bytes used, last use, pins, rm, cancel, stop ----------------------------------
@@ -840,3 +806,27 @@ def test_cancel_during_a_download_stops_its_writes_and_finish(store: Store, data
     with pytest.raises(StoreError):  # a typed error, never a raw OSError, and nothing lands in files/
         store.finish(entry)
     assert store.bytes_used == 0 and listing(data_dir / "files") == [] and listing(data_dir / "partial") == []
+
+
+def test_a_download_is_flushed_as_it_is_written(store: Store, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr("shoal.store.SYNC_EVERY", 2 * CS)
+    synced: list[int] = []
+    real = os.fdatasync
+
+    def fdatasync(fd: int) -> None:
+        synced.append(fd)
+        real(fd)
+
+    monkeypatch.setattr("shoal.store.os.fdatasync", fdatasync)
+    data = pattern(5 * CS, seed=3)
+    file_id, manifest = build(data)
+    entry = store.begin(file_id, manifest, "")
+    parts = chunks_of(data)
+    store.write_chunk(entry, 3, parts[3])
+    assert synced == []  # one chunk: below SYNC_EVERY
+    store.write_chunk(entry, 0, parts[0])
+    assert len(synced) == 1 and entry.unsynced == 0
+    for index in (1, 2, 4):
+        store.write_chunk(entry, index, parts[index])
+    assert len(synced) == 2
+    assert store.finish(entry).complete

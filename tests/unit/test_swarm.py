@@ -346,3 +346,53 @@ async def test_holders_heard_during_the_download_become_sources(tmp_path: Path) 
     await finish(dl.run())
     assert_complete(node)
     assert dl.summary.peers == {late.info.address}
+
+
+async def test_bytes_in_flight_stay_within_the_budget(tmp_path: Path) -> None:
+    node = make_node(tmp_path, inflight_budget=3 * CS, requests_per_peer=4)
+    peers = [FakePeer(n) for n in (1, 2, 3)]
+    gate = asyncio.Event()
+    for peer in peers:
+        peer.gate = gate
+    dl = download(node, FakeLinks(*peers), FakeTrackers(*peers), FakeClock())
+    run = asyncio.create_task(dl.run())
+    await until("the budget filled", lambda: node.stats.inflight_bytes >= 3 * CS - 100)
+    await asyncio.sleep(0.05)  # several ticks: nothing more goes out while the budget is full
+    assert sum(len(p.asked) for p in peers) == 3 and node.stats.inflight_bytes <= 3 * CS
+    gate.set()
+    await finish(run)
+    assert_complete(node)
+    assert node.stats.inflight_bytes == 0  # every request's bytes given back, the cancelled ones too
+
+
+async def test_a_budget_below_one_chunk_still_moves_one_at_a_time(tmp_path: Path) -> None:
+    node = make_node(tmp_path, inflight_budget=1)
+    peer = FakePeer(1)
+    await finish(download(node, FakeLinks(peer), FakeTrackers(peer), FakeClock()).run())
+    assert_complete(node)
+    assert node.stats.inflight_bytes == 0
+
+
+async def test_an_idle_download_does_not_poll(tmp_path: Path) -> None:
+    node = make_node(tmp_path)
+    peer = FakePeer(1)
+    peer.gate = asyncio.Event()
+    dl = Download(node, FakeTrackers(peer), FakeLinks(peer), FILE_ID, clock=FakeClock(), rng=random.Random(5))  # type: ignore[arg-type]
+    passes = 0
+    real = dl._drop_stalled
+
+    def counted() -> None:
+        nonlocal passes
+        passes += 1
+        real()
+
+    dl._drop_stalled = counted  # type: ignore[method-assign]
+    run = asyncio.create_task(dl.run())
+    await until("a request out", lambda: len(peer.asked) >= 1)
+    await asyncio.sleep(0.05)
+    settled = passes
+    await asyncio.sleep(0.3)  # the old loop woke every 0.25 s with nothing to do
+    assert passes == settled
+    peer.gate.set()
+    await finish(run)
+    assert_complete(node)

@@ -43,7 +43,11 @@ async def test_serves_a_held_chunk_and_counts_it(tmp_path: Path) -> None:
     served = await s.uploads.serve(s.entry, 3, "them")
     assert served.data == pattern(NCHUNKS * CS)[3 * CS : 4 * CS]
     assert served.complete and served.bitfield == s.entry.have.to_bytes()  # one downloader: everything offered
-    assert s.stats.uploaded_bytes == CS and s.stats.chunks_uploaded == 1 and s.stats.active_uploads == 0
+    assert s.stats.uploaded_bytes == CS and s.stats.chunks_uploaded == 1
+    assert s.stats.active_uploads == 1  # held until the reply's bytes are sent
+    served.release()
+    served.release()  # twice is harmless
+    assert s.stats.active_uploads == 0
 
 
 async def test_refuses_a_chunk_not_held(tmp_path: Path) -> None:
@@ -76,9 +80,14 @@ async def test_busy_when_every_slot_is_taken(tmp_path: Path, monkeypatch: pytest
         await s.uploads.serve(s.entry, 2, "c")
     assert s.stats.busy_rejections == 1
     gate.set()
-    await asyncio.gather(first, second)
+    replies = await asyncio.gather(first, second)
+    assert s.stats.active_uploads == 2  # read, but not yet sent
+    with pytest.raises(Busy):
+        await s.uploads.serve(s.entry, 2, "c")
+    for reply in replies:
+        reply.release()
     assert s.stats.active_uploads == 0
-    await s.uploads.serve(s.entry, 2, "c")  # a slot is free again
+    (await s.uploads.serve(s.entry, 2, "c")).release()  # a slot is free again
 
 
 async def test_the_cap_is_paid_before_reading(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -41,13 +41,6 @@ logger = logging.getLogger(__name__)
 
 SERVICE_NAME = "shoal.v1.Peer"
 STOP_GRACE = 3.0
-MAX_STREAMS_PER_CONNECTION = 128  # one downloader asks a few chunks at a time; more is a flood
-IDLE_CONNECTION_MS = 300_000  # a connection with no call for 5 minutes is closed (the caller redials)
-PEER_SERVER_OPTIONS = [
-    *net.SERVER_OPTIONS,
-    ("grpc.max_concurrent_streams", MAX_STREAMS_PER_CONNECTION),
-    ("grpc.max_connection_idle_ms", IDLE_CONNECTION_MS),
-]
 
 
 def check_control_address(address: str) -> str:
@@ -90,7 +83,7 @@ class PeerDaemon:
         self.health = Health([SERVICE_NAME])
         self.metrics = ProcessMetrics(config.metrics_port) if config.metrics_port is not None else None
         interceptors: list[grpc.aio.ServerInterceptor] = [self.metrics.interceptor] if self.metrics is not None else []
-        self._peer_server = grpc.aio.server(options=PEER_SERVER_OPTIONS, interceptors=interceptors)
+        self._peer_server = grpc.aio.server(options=net.PEER_SERVER_OPTIONS, interceptors=interceptors)
         self._control_gid = access.group_id(config.control_group) if config.control_group else None
         self._control_token: bytes | None = None
         if not config.control_address.startswith("unix:"):

@@ -129,6 +129,11 @@ class PeerCollector:
         yield counter("shoal_peer_downloads_failed_total", "Downloads that failed.", stats.downloads_failed)
         yield gauge("shoal_peer_active_downloads", "Downloads in progress.", self._active_downloads())
         yield gauge("shoal_peer_active_uploads", "GetChunk calls being served now.", stats.active_uploads)
+        yield gauge(
+            "shoal_peer_download_inflight_bytes",
+            "Chunk bytes requested or received but not yet written, all downloads (bounded by --inflight-budget).",
+            stats.inflight_bytes,
+        )
         waits = CounterMetricFamily(
             "shoal_peer_cap_waits_total", "Transfers that waited for the rate cap, by direction.", labels=["direction"]
         )

@@ -36,6 +36,7 @@ class Stats:
     downloads_completed: int = 0
     downloads_failed: int = 0
     active_uploads: int = 0
+    inflight_bytes: int = 0  # chunk bytes requested or received, not yet written (all downloads)
     started_at: float = field(default_factory=time.monotonic)
 
 

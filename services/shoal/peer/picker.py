@@ -2,7 +2,7 @@
 
 Ties are broken at random among the first few equally rare chunks in file order, not the whole
 file: sources still get different chunks from different downloaders, while the verified prefix
-keeps growing, so the whole-file hash runs during the download instead of after it.
+keeps growing (the file fills front to back, which a reader of a partial file and the page cache like).
 
 Pure bookkeeping, no I/O: which chunks each source has, which are missing, which are in flight.
 """

@@ -219,9 +219,13 @@ class Sources:
         own deadlines catch a holder that is dead.
         """
         dropped: list[Source] = []
-        for source in list(self.admitted.values()):
-            others = [o for o in self.usable() if o is not source and o not in dropped]
-            if source.stalled(length) and any(useful(o.key) for o in others):
+        suspects = [s for s in self.admitted.values() if s.stalled(length)]
+        if not suspects:  # the common case, checked on every wake-up: no list of others built
+            return dropped
+        usable = self.usable()
+        for source in suspects:
+            others = [o for o in usable if o is not source and o not in dropped]
+            if any(useful(o.key) for o in others):
                 dropped.append(source)
         return dropped
 

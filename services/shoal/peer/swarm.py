@@ -18,7 +18,6 @@ from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass, field
 
 from shoal import content
-from shoal.peer.digest import PrefixDigest
 from shoal.peer.errors import Busy, DownloadError, Lied, LinkError, NoHolders, NotHeld
 from shoal.peer.manifests import find_manifest, holders_from_trackers
 from shoal.peer.node import Node
@@ -36,7 +35,7 @@ TRACKER_REFRESH = 3.0
 FIRST_REFRESH = 0.5  # a new swarm fills up fast: ask again after 0.5 s, then 1 s, 2 s, up to TRACKER_REFRESH
 STALL_TIMEOUT = 60.0  # no source and no progress this long: give up
 MAX_VERIFYING = 8  # received chunks waiting for hash and write, beyond which request slots are held
-TICK = 0.25  # the dispatcher looks again at least this often
+TICK = 1.0  # with nothing heard, the dispatcher still looks this often (stalls, cool-offs ending)
 
 
 @dataclass
@@ -86,7 +85,6 @@ class Download:
         self._started = self._last_progress = self._transfer_started = clock()
         self._chunk_size = 1
         self._failure: BaseException | None = None
-        self._digest: PrefixDigest | None = None
         self._verifying = 0  # chunks received and being verified and written
         self._serving = False  # a chunk of ours verified: the trackers have been asked to list us
         self._side_tasks: set[asyncio.Task[None]] = set()
@@ -132,7 +130,7 @@ class Download:
 
     # ---- main flow ------------------------------------------------------------------------------
     async def run(self) -> Entry:
-        """Download to completion and verify; raises DownloadError (or the StoreError) with a user-facing reason."""
+        """Download to completion, every chunk verified; raises DownloadError or StoreError saying why."""
         store = self.node.store
         try:
             entry = store.get(self.file_id)
@@ -155,7 +153,6 @@ class Download:
     async def _swarm(self, entry: Entry) -> None:
         self._transfer_started = self._clock()
         self._picker = Picker(entry.have, self._rng)
-        self._digest = digest = PrefixDigest(self.node.store, entry)
         self._chunk_size = int(entry.manifest.chunk_size)
         self.add_sources(list(self.node.known.get(self.file_id, {}).values()))
         last_tracker = self._clock()
@@ -183,12 +180,14 @@ class Download:
             if now - self._last_progress > STALL_TIMEOUT * 2:
                 raise DownloadError(f"download of {self.file_id} stalled: no chunk arrived for a while")
             self._wake.clear()
+            # Sleep until something happens (a reply, a source, a failure) or the next timer is due:
+            # no fixed polling, so an idle download costs nothing between its timers.
+            wait = max(0.001, min(self._tick, last_tracker + refresh - self._clock()))
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), self._tick)
+                await asyncio.wait_for(self._wake.wait(), wait)
         await self._stop_all()
         await self._farewell(entry)
-        await digest.settle()
-        await asyncio.to_thread(self.node.store.finish, entry, digest.digest, digest.hashed)
+        await asyncio.to_thread(self.node.store.finish, entry)
 
     async def _farewell(self, entry: Entry) -> None:
         """Tell the sources we are complete (one last exchange), so they stop saving chunks for us."""
@@ -255,19 +254,27 @@ class Download:
             self._spawn(self._links.drop(source.key))
 
     # ---- requests ---------------------------------------------------------------------------------
+    def _room_in_budget(self, length: int) -> bool:
+        """Bytes in flight (requested, or received and not yet written) stay within the peer's budget."""
+        stats = self.node.stats
+        return stats.inflight_bytes == 0 or stats.inflight_bytes + length <= self.node.config.inflight_budget
+
     def _dispatch(self) -> None:
         picker = self._picker
-        assert picker is not None
+        entry = self.entry
+        assert picker is not None and entry is not None
+        stats = self.node.stats
         for source in self._sources.by_preference():
             session = self._sessions.get(source.key)
             if source.busy or session is None:
                 continue
-            while source.room:
+            while source.room and self._room_in_budget(self._chunk_size):
                 index = picker.pick(source.key)
                 if index is None:
                     break
                 picker.started(index, source.key)
                 source.asked(index)
+                stats.inflight_bytes += content.chunk_span(entry.manifest, index)[1]
                 task = asyncio.create_task(self._fetch(source, session.link, index))
                 task.add_done_callback(functools.partial(self._fetch_done, source, session, index))
                 session.fetches[index] = task
@@ -344,6 +351,8 @@ class Download:
         """Bookkeeping for every fetch, including one cancelled before it ever ran."""
         if session.fetches.get(index) is task:
             del session.fetches[index]
+        if self.entry is not None:
+            self.node.stats.inflight_bytes -= content.chunk_span(self.entry.manifest, index)[1]
         source.requesting.discard(index)
         if self._picker is not None:
             self._picker.finished(index, source.key)
@@ -374,8 +383,6 @@ class Download:
                 task = session.fetches.get(index) if session is not None else None
                 if task is not None:
                     task.cancel()
-        if self._digest is not None:
-            self._digest.advance()
         if not self._serving:
             self._serving = True
             self._announce_soon()  # we now serve a chunk: let the trackers list us as a partial holder

@@ -10,7 +10,7 @@ import asyncio
 import logging
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from shoal import content
 from shoal.peer.errors import Busy, Corrupt, Draining, NotHeld
@@ -25,13 +25,23 @@ logger = logging.getLogger(__name__)
 PIGGYBACK_MAX_CHUNKS = 32768  # bitfields ride on chunk replies for files up to this many chunks (4 KiB)
 
 
-@dataclass(frozen=True)
+@dataclass
 class Served:
-    """One chunk on its way out, with what the caller should be shown we hold."""
+    """One chunk on its way out, with what the caller should be shown we hold; it holds an upload slot.
+
+    The caller calls `release` once the reply's bytes have left (the RPC is done), so the slots bound the
+    chunk bytes this peer holds in memory for uploads, not only the reads.
+    """
 
     data: bytes
     complete: bool
     bitfield: bytes
+    _release: Callable[[], None] = field(default=lambda: None, repr=False)
+
+    def release(self) -> None:
+        """Give the upload slot back (once; later calls do nothing)."""
+        release, self._release = self._release, lambda: None
+        release()
 
 
 class Uploads:
@@ -60,7 +70,7 @@ class Uploads:
         self.draining = True
 
     async def serve(self, entry: Entry, index: int, peer_id: str) -> Served:
-        """Read one held chunk for `peer_id` (a valid index), holding an upload slot while it is read."""
+        """Read one held chunk for `peer_id` (a valid index); its upload slot is held until `Served.release`."""
         if index not in entry.have:
             raise NotHeld(f"chunk {index} not held yet")
         if entry.retired:
@@ -72,6 +82,7 @@ class Uploads:
             stats.busy_rejections += 1
             raise Busy("all upload slots busy")
         stats.active_uploads += 1
+        handed_over = False
         try:
             complete = entry.complete
             _, length = content.chunk_span(entry.manifest, index)
@@ -90,9 +101,15 @@ class Uploads:
             if complete:
                 self._seeder(entry).served(index, peer_id)
             small = entry.have.size <= PIGGYBACK_MAX_CHUNKS
-            return Served(data, complete, self.bitfield_for(entry, peer_id) if small else b"")
+            served = Served(data, complete, self.bitfield_for(entry, peer_id) if small else b"", self._free_slot)
+            handed_over = True
+            return served
         finally:
-            stats.active_uploads -= 1
+            if not handed_over:
+                self._free_slot()
+
+    def _free_slot(self) -> None:
+        self._stats.active_uploads -= 1
 
     def bitfield_for(self, entry: Entry, peer_id: str, theirs: content.Bitfield | None = None) -> bytes:
         """The bitfield to show a caller: everything held, or a complete holder's super-seeding offer."""
