@@ -155,6 +155,12 @@ def _absolute(text: str) -> Path:
     return Path(text).expanduser().absolute()
 
 
+def _bracketed(text: str) -> str:
+    """host:port, with a bare IPv6 host (as $(POD_IP):7402 gives on IPv6 clusters) put in brackets."""
+    host, sep, port = text.strip().rpartition(":")
+    return f"[{host}]:{port}" if sep and ":" in host and not host.startswith("[") else text.strip()
+
+
 def _default_peer() -> str | None:
     data_dir = env("DATA_DIR")
     return f"unix:{Path(data_dir).resolve() / 'control.sock'}" if data_dir else None
@@ -256,13 +262,31 @@ DEMO_SIZE = Setting(
     parse=units.parse_size, check=_at_least(0), metavar="SIZE", shown_default="64MiB",
 )  # fmt: skip
 
+TLS_CERT = Setting(
+    "tls_cert", "--tls-cert", "this process's certificate (PEM, chain first); with the key and CA: mutual TLS",
+    env="TLS_CERT", parse=_absolute, metavar="FILE", shown_default="off: plaintext",
+)  # fmt: skip
+TLS_KEY = Setting(
+    "tls_key", "--tls-key", "the certificate's private key (PEM)", env="TLS_KEY", parse=_absolute, metavar="FILE",
+    shown_default="off",
+)  # fmt: skip
+TLS_CA = Setting(
+    "tls_ca", "--tls-ca", "the CA every peer's and tracker's certificate must chain to (PEM)", env="TLS_CA",
+    parse=_absolute, metavar="FILE", shown_default="off",
+)  # fmt: skip
+HEALTH_LISTEN = Setting(
+    "health_listen", "--health-listen", "plaintext gRPC health service only, for probes (use the pod IP)",
+    env="HEALTH_LISTEN", parse=_bracketed, check=_address, metavar="HOST:PORT", shown_default="off",
+)  # fmt: skip
+TLS = (TLS_CERT, TLS_KEY, TLS_CA, HEALTH_LISTEN)
+
 GLOBAL = (PEER, LOG_LEVEL, LOG_FORMAT)
 # What each command reads; a variable is parsed only by a command that reads it.
 COMMANDS: dict[str, tuple[Setting, ...]] = {
-    "tracker": (LOG_LEVEL, LOG_FORMAT, TRACKER_LISTEN, ANNOUNCE_INTERVAL, PEER_TTL, METRICS_PORT),
+    "tracker": (LOG_LEVEL, LOG_FORMAT, TRACKER_LISTEN, ANNOUNCE_INTERVAL, PEER_TTL, METRICS_PORT, *TLS),
     "peer": (
         LOG_LEVEL, LOG_FORMAT, PEER_LISTEN, TRACKERS, DATA_DIR, ADVERTISE, CONTROL, ZONE, CHUNK_SIZE,
-        UPLOAD_LIMIT, DOWNLOAD_LIMIT, UPLOAD_SLOTS, MAX_PEERS, REQUESTS_PER_PEER, METRICS_PORT,
+        UPLOAD_LIMIT, DOWNLOAD_LIMIT, UPLOAD_SLOTS, MAX_PEERS, REQUESTS_PER_PEER, METRICS_PORT, *TLS,
     ),
     "put": (PEER, PUT_CHUNK_SIZE),
     "get": (PEER,),
@@ -280,6 +304,28 @@ def resolve(settings: Iterable[Setting], flags: Mapping[str, str | None]) -> dic
 
 
 @dataclass(frozen=True)
+class TlsFiles:
+    """Where a process's certificate, key and CA live (re-read by shoal.tls when they change)."""
+
+    cert: Path
+    key: Path
+    ca: Path
+
+    @classmethod
+    def from_values(cls, values: Mapping[str, Any]) -> TlsFiles | None:
+        """All three files, or None for plaintext; ConfigError when only some are given."""
+        given = [values.get(s.dest) for s in (TLS_CERT, TLS_KEY, TLS_CA)]
+        if not any(given):
+            return None
+        for setting, value in zip((TLS_CERT, TLS_KEY, TLS_CA), given, strict=True):
+            if not value:
+                message = f"--tls-cert, --tls-key and --tls-ca go together: {setting.flag} is missing"
+                raise ConfigError(setting, message)
+        cert, key, ca = (Path(str(value)) for value in given)
+        return cls(cert, key, ca)
+
+
+@dataclass(frozen=True)
 class TrackerConfig:
     """Settings of `shoal tracker`."""
 
@@ -287,6 +333,8 @@ class TrackerConfig:
     announce_interval: float = DEFAULT_ANNOUNCE_INTERVAL
     peer_ttl: float | None = None  # None: DEFAULT_TTL_INTERVALS announce intervals
     metrics_port: int | None = None
+    tls: TlsFiles | None = None  # None: plaintext
+    health_listen: str | None = None  # a plaintext health-only listener, for probes
 
     @property
     def ttl(self) -> float:
@@ -303,6 +351,8 @@ class TrackerConfig:
             announce_interval=values["announce_interval"],
             peer_ttl=values["peer_ttl"],
             metrics_port=values["metrics_port"],
+            tls=TlsFiles.from_values(values),
+            health_listen=values.get("health_listen"),
         )
 
 
@@ -324,6 +374,8 @@ class PeerConfig:
     requests_per_peer: int = DEFAULT_REQUESTS_PER_PEER
     metrics_port: int | None = None
     tracker_refresh: float = 30.0  # seconds between DNS re-resolutions of tracker names
+    tls: TlsFiles | None = None  # None: plaintext
+    health_listen: str | None = None  # a plaintext health-only listener, for probes
 
     @property
     def control_address(self) -> str:
@@ -349,4 +401,6 @@ class PeerConfig:
             max_peers=values["max_peers"],
             requests_per_peer=values["requests_per_peer"],
             metrics_port=values["metrics_port"],
+            tls=TlsFiles.from_values(values),
+            health_listen=values.get("health_listen"),
         )

@@ -21,6 +21,17 @@ class Health:
         """Register the health service on a server."""
         health_pb2_grpc.add_HealthServicer_to_server(self._servicer, server)
 
+    async def serve_plaintext(self, address: str) -> grpc.aio.Server:
+        """Serve only this health service, without TLS, on its own address (probes of a TLS process)."""
+        from shoal import net
+
+        server = grpc.aio.server(options=net.SERVER_OPTIONS)
+        self.attach(server)
+        port = net.bind(server, address, "health address")
+        await server.start()
+        logger.info("plaintext health service on %s", address.rsplit(":", 1)[0] + f":{port}")
+        return server
+
     async def serving(self) -> None:
         """Report SERVING for the process and each named service."""
         for name in self._services:

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import grpc
 
-from shoal import net
+from shoal import net, tls
 from shoal.config import PeerConfig
 from shoal.exporter import ProcessMetrics
 from shoal.health import Health
@@ -69,7 +69,8 @@ class PeerDaemon:
     def __init__(self, config: PeerConfig) -> None:
         self.config = config
         self.store = Store(config.data_dir)
-        self.links = LinkPool()
+        self.transport = tls.Transport(config.tls)
+        self.links = LinkPool(self.transport)
         self.node: Node
         self.trackers: TrackerClient
         self.uploads: Uploads
@@ -81,6 +82,7 @@ class PeerDaemon:
         self._peer_server = grpc.aio.server(options=net.SERVER_OPTIONS, interceptors=interceptors)
         self._control_server = grpc.aio.server(options=net.SERVER_OPTIONS, interceptors=interceptors)
         self._background: list[asyncio.Task[None]] = []
+        self._health_server: grpc.aio.Server | None = None
 
     async def start(self) -> None:
         """Open the store, bind both servers, start announcing and resume unfinished downloads."""
@@ -88,7 +90,8 @@ class PeerDaemon:
         self.config.data_dir.mkdir(parents=True, exist_ok=True)
         await asyncio.to_thread(self.store.open)
         peer_id = await asyncio.to_thread(self.store.peer_id)
-        self.port = net.bind(self._peer_server, self.config.listen)
+        self.transport.warn_if_plaintext("peer")
+        self.port = self.transport.bind(self._peer_server, self.config.listen)
         zone = await asyncio.to_thread(detect_zone, self.config.zone)
         self.config = dataclasses.replace(self.config, zone=zone)
         self.node = Node(
@@ -101,6 +104,7 @@ class PeerDaemon:
             self.config.trackers,
             TrackerSecrets(store.root),
             self.config.tracker_refresh,
+            self.transport,
         )
         announce_soon = trackers.announce_soon
         self.uploads = Uploads(store, node.stats, node.upload_bucket, self.config.upload_slots, announce_soon)
@@ -131,6 +135,8 @@ class PeerDaemon:
                 self.downloads.start(entry.file_id, entry.output, export=True)
         if self.metrics is not None:
             self.metrics.serve()
+        if self.config.health_listen:
+            self._health_server = await self.health.serve_plaintext(self.config.health_listen)
         await self.health.serving()
         logger.info(
             "peer %s listening on %s (advertised %s), control on %s, trackers %s",
@@ -157,6 +163,8 @@ class PeerDaemon:
         await asyncio.gather(*self._background, *downloads, return_exceptions=True)
         await self._control_server.stop(1.0)
         await self._peer_server.stop(STOP_GRACE)
+        if self._health_server is not None:
+            await self._health_server.stop(None)
         await self.trackers.close()
         await self.links.close()
         if self.metrics is not None:
