@@ -7,6 +7,7 @@ accepted. docs/security.md says what that proves and what it does not.
 
 from __future__ import annotations
 
+import ipaddress
 import logging
 import os
 import threading
@@ -157,6 +158,26 @@ class Transport:
         self.current()
         name = server_name if self.secure else None
         return net.open_channel(address, max_receive, credentials=self._channel_credentials, server_name=name)
+
+
+def proven_ips(context: grpc.aio.ServicerContext) -> frozenset[str]:
+    """The IP addresses the caller's certificate names (subjectAltName IP entries); empty without TLS or without any.
+
+    A role certificate shared by every peer names none and proves only that the CA admitted the caller; a
+    per-pod certificate (cert-manager's csi-driver with the pod IP, say) also proves which address it may use."""
+    found = context.auth_context().get("peer_ip") or []
+    return frozenset(str(ipaddress.ip_address(ip.decode())) for ip in found)
+
+
+def address_allowed(address: str, proven: frozenset[str]) -> bool:
+    """May a caller whose certificate names `proven` IPs announce `address`? Anyone may when it names none."""
+    if not proven:
+        return True
+    host, _ = net.split_host_port(address)
+    try:
+        return str(ipaddress.ip_address(host)) in proven
+    except ValueError:  # a DNS name: not something an IP-bound certificate proves
+        return False
 
 
 def plaintext() -> Transport:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime
+import ipaddress
 import logging
 import os
 from dataclasses import dataclass
@@ -80,6 +81,7 @@ class Authority:
         name: str,
         dns_names: tuple[str, ...] = (tls.TRACKER_NAME, tls.PEER_NAME),
         cn: str | None = None,
+        ips: tuple[str, ...] = (),
     ) -> TlsFiles:
         """A certificate for client and server use with these DNS SANs (CN `cn`, else `name`), as <name>.{crt,key}."""
         directory.mkdir(parents=True, exist_ok=True)
@@ -93,7 +95,12 @@ class Authority:
             .serial_number(x509.random_serial_number())
             .not_valid_before(now - _DAY)
             .not_valid_after(now + 30 * _DAY)
-            .add_extension(x509.SubjectAlternativeName([x509.DNSName(n) for n in dns_names]), critical=False)
+            .add_extension(
+                x509.SubjectAlternativeName(
+                    [*(x509.DNSName(n) for n in dns_names), *(x509.IPAddress(ipaddress.ip_address(ip)) for ip in ips)]
+                ),
+                critical=False,
+            )
             .add_extension(
                 x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH]),
                 critical=False,

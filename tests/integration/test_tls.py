@@ -20,7 +20,7 @@ from shoal.config import TlsFiles, TrackerConfig
 from shoal.localswarm import LocalSwarm
 from shoal.peer.links import LinkPool
 from shoal.tracker.server import RunningTracker, start_tracker
-from shoal.v1 import tracker_pb2, tracker_pb2_grpc
+from shoal.v1 import common_pb2, tracker_pb2, tracker_pb2_grpc
 
 MiB = 1024 * 1024
 WHO = "/shoal.test.Who/Name"  # a test-only method answering with the caller's certificate CN
@@ -198,3 +198,25 @@ async def test_a_plaintext_tracker_warns_once(caplog: pytest.LogCaptureFixture) 
 def test_a_plaintext_peer_warns_in_its_log(swarm: LocalSwarm) -> None:
     (peer,) = start_peers(swarm, 1)
     assert peer.log_path.read_text().count("WITHOUT TLS") == 1
+
+
+async def test_a_certificate_naming_ips_binds_the_announced_address(
+    tls_tracker: tuple[RunningTracker, TlsFiles], ca: Authority, tmp_path: Path
+) -> None:
+    running, _ = tls_tracker
+    pod = tls.Transport(ca.issue(tmp_path / "pod", "pod", (tls.PEER_NAME,), ips=("127.0.0.1",)))
+    shared = tls.Transport(ca.issue(tmp_path / "shared", "shared", (tls.PEER_NAME,)))
+
+    def announce(peer_id: str, address: str) -> tracker_pb2.AnnounceRequest:
+        return tracker_pb2.AnnounceRequest(peer=common_pb2.PeerInfo(peer_id=peer_id, address=address))
+
+    async with pod.open_channel(f"127.0.0.1:{running.port}", tls.TRACKER_NAME) as channel:
+        stub = tracker_pb2_grpc.TrackerStub(channel)
+        with pytest.raises(grpc.aio.AioRpcError) as caught:
+            await stub.Announce(announce("liar", "10.0.0.9:7401"), timeout=3.0)
+        assert caught.value.code() == grpc.StatusCode.PERMISSION_DENIED
+        await stub.Announce(announce("honest", "127.0.0.1:7401"), timeout=3.0)
+    async with shared.open_channel(f"127.0.0.1:{running.port}", tls.TRACKER_NAME) as channel:
+        # A role certificate names no IP: it proves membership only, and the address is the caller's word.
+        await tracker_pb2_grpc.TrackerStub(channel).Announce(announce("other", "10.0.0.9:7401"), timeout=3.0)
+    assert sorted(p.peer_id for p in running.registry.live_peers()) == ["honest", "other"]

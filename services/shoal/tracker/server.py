@@ -156,6 +156,13 @@ class TrackerServicer(tracker_pb2_grpc.TrackerServicer):
             check_secret(request.peer_secret)
         except ValueError as err:
             await self._refuse(context, "Announce", grpc.StatusCode.INVALID_ARGUMENT, str(err))
+        if not tls.address_allowed(peer.address, tls.proven_ips(context)):
+            await self._refuse(
+                context,
+                "Announce",
+                grpc.StatusCode.PERMISSION_DENIED,
+                f"address {shown(peer.address)} is not one the caller's certificate names",
+            )
         try:
             announced = self._registry.announce_as(peer, holdings, request.peer_secret, request.accepts_secret)
         except NotOwner:
