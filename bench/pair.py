@@ -389,10 +389,10 @@ def bench(args: argparse.Namespace, work: Path, procs: Procs) -> list[Result]:
 
 def report(results: list[Result]) -> None:
     print()
-    print(f"{'tool':<6} {'run':>3} {'seconds':>9} {'MB/s':>9} {'peer A MB':>10} {'peer B MB':>10}")
+    print(f"{'tool':<9} {'run':>3} {'seconds':>9} {'MB/s':>9} {'peer A MB':>10} {'peer B MB':>10}")
     for r in results:
         rss = [f"{r.rss_mb[k]:>10.1f}" if k in r.rss_mb else f"{'-':>10}" for k in ("A", "B")]
-        print(f"{r.tool:<6} {r.run:>3} {r.seconds:>9.2f} {r.mbps:>9.1f} {rss[0]} {rss[1]}")
+        print(f"{r.tool:<9} {r.run:>3} {r.seconds:>9.2f} {r.mbps:>9.1f} {rss[0]} {rss[1]}")
     shoal = statistics.median(r.mbps for r in results if r.tool == "shoal")
     curl = statistics.median(r.mbps for r in results if r.tool == "curl")
     ratio = shoal / curl
