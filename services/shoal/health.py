@@ -7,6 +7,8 @@ import logging
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
+from shoal import net
+
 logger = logging.getLogger(__name__)
 
 
@@ -23,8 +25,6 @@ class Health:
 
     async def serve_plaintext(self, address: str) -> grpc.aio.Server:
         """Serve only this health service, without TLS, on its own address (probes of a TLS process)."""
-        from shoal import net
-
         server = grpc.aio.server(options=net.SERVER_OPTIONS)
         self.attach(server)
         port = net.bind(server, address, "health address")

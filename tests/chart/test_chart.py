@@ -268,7 +268,7 @@ def test_peers(default: list[Obj]) -> None:
 
 
 def test_probes_are_native_grpc(default: list[Obj]) -> None:
-    # TLS is on by default: the probes ask the plaintext health-only ports (tests/chart/test_tls.py).
+    # TLS is on by default: the probes ask the plaintext health-only ports (tests/chart/test_chart_tls.py).
     for workload, port in ((one(default, "Deployment"), 7410), (one(default, "StatefulSet"), 7411)):
         ctr = container(workload)
         for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
