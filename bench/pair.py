@@ -1,6 +1,7 @@
 """Single-pair benchmark: one file from peer A to peer B through shoal, against nginx + curl on loopback.
 
 Targets: shoal reaches at least half of curl's throughput, and each peer stays under 150 MB RSS.
+With --tls, the same transfers run again with mutual TLS on every shoal daemon ("shoal-tls"), for TLS's cost.
 The figures are the point, so a missed target still exits 0; only a broken run (a process that
 died, a timeout, a hash mismatch) exits non-zero.
 """
@@ -196,10 +197,11 @@ def port_open(port: int) -> bool:
 class ShoalPair:
     """A tracker, a seeding peer A, and a fresh peer B per run."""
 
-    def __init__(self, work: Path, procs: Procs, shoal: str, timeout: float) -> None:
+    def __init__(self, work: Path, procs: Procs, shoal: str, timeout: float, tls: list[str] | None = None) -> None:
         self.work, self.procs, self.shoal, self.timeout = work, procs, shoal, timeout
         self.log = work / "logs" / "clients.log"
         self.tracker = ""
+        self.tls = tls or []  # --tls-cert/--tls-key/--tls-ca for every daemon, or none
 
     def control(self, data_dir: Path) -> str:
         return f"unix:{data_dir / 'control.sock'}"
@@ -207,13 +209,13 @@ class ShoalPair:
     def start_tracker(self) -> None:
         port = free_port()
         self.tracker = f"127.0.0.1:{port}"
-        self.procs.start("tracker", [self.shoal, "tracker", "--listen", self.tracker])
+        self.procs.start("tracker", [self.shoal, "tracker", "--listen", self.tracker, *self.tls])
         wait_for("tracker", lambda: port_open(port), lambda: self.procs.check("tracker"))
 
     def start_peer(self, name: str, data_dir: Path) -> int:
         data_dir.mkdir(parents=True)
         listen = f"127.0.0.1:{free_port()}"
-        flags = ["--listen", listen, "--tracker", self.tracker, "--data-dir", str(data_dir)]
+        flags = ["--listen", listen, "--tracker", self.tracker, "--data-dir", str(data_dir), *self.tls]
         proc = self.procs.start(name, [self.shoal, "peer", *flags])
         status = [self.shoal, "--peer", self.control(data_dir), "status", "--json"]
 
@@ -278,6 +280,36 @@ def start_nginx(work: Path, procs: Procs, nginx: str) -> int:
     return port
 
 
+# The names shoal.tls checks: one certificate serves tracker and peers in a bench.
+NAMES = ("shoal-tracker", "shoal-peer")
+EXTENSIONS = "subjectAltName=" + ",".join(f"DNS:{n}" for n in NAMES) + "\nextendedKeyUsage=serverAuth,clientAuth\n"
+EC = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes"]
+
+
+def _openssl(*args: str, cwd: Path) -> None:
+    done = subprocess.run(["openssl", *args], cwd=cwd, capture_output=True, text=True, check=False)
+    if done.returncode != 0:
+        raise OSError(f"openssl {args[0]} failed: {done.stderr.strip()}")
+
+
+def make_certs(directory: Path) -> list[str]:
+    """Write ca.crt, tls.crt and tls.key (ECDSA P-256, as cert-manager's chart default) and return the daemon flags."""
+    directory.mkdir(parents=True, exist_ok=True)
+    (directory / "ext.cnf").write_text(EXTENSIONS)
+    _openssl(
+        "req", "-x509", *EC, "-keyout", "ca.key", "-out", "ca.crt", "-days", "2", "-subj", "/CN=bench-ca", cwd=directory
+    )
+    _openssl("req", *EC, "-keyout", "tls.key", "-out", "tls.csr", "-subj", "/CN=bench", cwd=directory)
+    _openssl(
+        "x509", "-req", "-in", "tls.csr", "-CA", "ca.crt", "-CAkey", "ca.key", "-CAcreateserial",
+        "-out", "tls.crt", "-days", "2", "-extfile", "ext.cnf", cwd=directory,
+    )  # fmt: skip
+    return [
+        "--tls-cert", str(directory / "tls.crt"), "--tls-key", str(directory / "tls.key"),
+        "--tls-ca", str(directory / "ca.crt"),
+    ]  # fmt: skip
+
+
 def warm_page_cache(work: Path, size: int) -> None:
     """Give both tools the same start: no writeback pending, and memory for `size` bytes of page cache
     already touched once (on a fresh VM the first touch of guest memory costs several times more,
@@ -291,23 +323,22 @@ def warm_page_cache(work: Path, size: int) -> None:
     os.sync()
 
 
-def bench(args: argparse.Namespace, work: Path, procs: Procs) -> list[Result]:
+def shoal_runs(
+    args: argparse.Namespace, work: Path, procs: Procs, source: Path, want: str, tool: str, tls: list[str]
+) -> list[Result]:
+    """A tracker, a seeder and `args.runs` fresh leechers, each timed fetching the file; then all stopped."""
     results: list[Result] = []
-    source = work / "file"
-    print(f"writing {args.size / MB:.0f} MB of random data to {source} ...", flush=True)
-    want = write_random_file(source, args.size)
-
-    pair = ShoalPair(work, procs, args.shoal, args.timeout)
+    pair = ShoalPair(work, procs, args.shoal, args.timeout, tls)
     pair.start_tracker()
-    dir_a = work / "peer-a"
+    dir_a = work / f"{tool}-peer-a"
     pid_a = pair.start_peer("peer-a", dir_a)
     start = time.perf_counter()
     file_id = pair.put(dir_a, source)
-    print(f"shoal put: {file_id} in {time.perf_counter() - start:.2f} s", flush=True)
+    print(f"{tool} put: {file_id} in {time.perf_counter() - start:.2f} s", flush=True)
     for run in range(1, args.runs + 1):
-        dir_b = work / f"peer-b{run}"
+        dir_b = work / f"{tool}-peer-b{run}"
         pid_b = pair.start_peer(f"peer-b{run}", dir_b)
-        output = work / f"out-shoal-{run}"
+        output = work / f"out-{tool}-{run}"
         warm_page_cache(work, args.size)
         sampler = RssSampler({"A": pid_a, "B": pid_b})
         sampler.start()
@@ -320,13 +351,24 @@ def bench(args: argparse.Namespace, work: Path, procs: Procs) -> list[Result]:
             "B": read_status_kb(pid_b, "VmHWM") * 1024 / MB,
         }
         if sha256_file(output) != want:
-            raise BenchError(f"shoal run {run}: sha256 of {output} differs from the source")
-        results.append(Result("shoal", run, seconds, args.size, {k: max(peaks[k], hwm[k]) for k in peaks}))
-        print(f"shoal get run {run}: {seconds:.2f} s, sha256 ok", flush=True)
+            raise BenchError(f"{tool} run {run}: sha256 of {output} differs from the source")
+        results.append(Result(tool, run, seconds, args.size, {k: max(peaks[k], hwm[k]) for k in peaks}))
+        print(f"{tool} get run {run}: {seconds:.2f} s, sha256 ok", flush=True)
         procs.stop(f"peer-b{run}")
         output.unlink()
         shutil.rmtree(dir_b, ignore_errors=True)
     procs.stop_all()
+    shutil.rmtree(dir_a, ignore_errors=True)
+    return results
+
+
+def bench(args: argparse.Namespace, work: Path, procs: Procs) -> list[Result]:
+    source = work / "file"
+    print(f"writing {args.size / MB:.0f} MB of random data to {source} ...", flush=True)
+    want = write_random_file(source, args.size)
+    results = shoal_runs(args, work, procs, source, want, "shoal", [])
+    if args.tls:
+        results += shoal_runs(args, work, procs, source, want, "shoal-tls", make_certs(work / "tls"))
 
     port = start_nginx(work, procs, args.nginx)
     for run in range(1, args.runs + 1):
@@ -347,10 +389,10 @@ def bench(args: argparse.Namespace, work: Path, procs: Procs) -> list[Result]:
 
 def report(results: list[Result]) -> None:
     print()
-    print(f"{'tool':<6} {'run':>3} {'seconds':>9} {'MB/s':>9} {'peer A MB':>10} {'peer B MB':>10}")
+    print(f"{'tool':<9} {'run':>3} {'seconds':>9} {'MB/s':>9} {'peer A MB':>10} {'peer B MB':>10}")
     for r in results:
         rss = [f"{r.rss_mb[k]:>10.1f}" if k in r.rss_mb else f"{'-':>10}" for k in ("A", "B")]
-        print(f"{r.tool:<6} {r.run:>3} {r.seconds:>9.2f} {r.mbps:>9.1f} {rss[0]} {rss[1]}")
+        print(f"{r.tool:<9} {r.run:>3} {r.seconds:>9.2f} {r.mbps:>9.1f} {rss[0]} {rss[1]}")
     shoal = statistics.median(r.mbps for r in results if r.tool == "shoal")
     curl = statistics.median(r.mbps for r in results if r.tool == "curl")
     ratio = shoal / curl
@@ -361,6 +403,14 @@ def report(results: list[Result]) -> None:
         peak = max(r.rss_mb[peer] for r in results if r.tool == "shoal")
         ok = "PASS" if peak < RSS_LIMIT_MB else "FAIL"
         print(f"{ok} rss: peer {peer} peak {peak:.1f} MB (target < {RSS_LIMIT_MB:.0f} MB)")
+    secured = [r.mbps for r in results if r.tool == "shoal-tls"]
+    if secured:
+        tls = statistics.median(secured)
+        peaks = {p: max(r.rss_mb[p] for r in results if r.tool == "shoal-tls") for p in ("A", "B")}
+        print(
+            f"TLS cost: shoal-tls {tls:.1f} MB/s = {tls / shoal:.2f} x plaintext shoal "
+            f"(peak RSS A {peaks['A']:.1f} MB, B {peaks['B']:.1f} MB)"
+        )
     print("(peak RSS = max of VmRSS sampled every 50 ms during the get and the process's VmHWM)")
 
 
@@ -373,6 +423,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--shoal", default=str(BIN_DIR / "shoal"), help="shoal executable (default: the venv's)")
     parser.add_argument("--nginx", default="/usr/sbin/nginx", help="nginx executable (Debian's nginx-light)")
     parser.add_argument("--curl", default=shutil.which("curl") or "/usr/bin/curl", help="curl executable")
+    parser.add_argument("--tls", action="store_true", help="also time shoal with mutual TLS on (row shoal-tls)")
     parser.add_argument(
         "--hold-freed-memory",
         action="store_true",

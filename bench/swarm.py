@@ -48,7 +48,7 @@ from typing import Any
 from bench import aria2
 from bench.cgroup import CpuGroup
 from bench.netns import Host, Lab, LabError, netns_pids, pid_alive, require_root
-from bench.pair import BenchError, Procs, parse_size, run_cmd, sha256_file, wait_for, write_random_file
+from bench.pair import BenchError, Procs, make_certs, parse_size, run_cmd, sha256_file, wait_for, write_random_file
 from bench.swarm_measure import MB, Meter, Result, kumar_ross
 from bench.swarm_report import report, write_json
 
@@ -80,6 +80,7 @@ class Swarm:
         # The peers and the `shoal get`s run inside the run's CPU group (when there is one).
         self.wrap: Callable[[list[str]], list[str]] = group.wrap if group else list
         self.exe, self.peer_args, self.timeout = args.shoal, args.peer_args, args.timeout
+        self.tls: list[str] = args.tls_flags  # mutual TLS flags for every daemon (--tls), or none
         self.log = work / "logs" / "clients.log"
         self.tracker = f"{hosts['tracker'].ip}:{TRACKER_PORT}"
 
@@ -89,12 +90,13 @@ class Swarm:
 
     def start(self, leechers: list[str], leecher_flags: list[str]) -> None:
         """Start the tracker, the seeder and the leechers; return once every peer holds a tracker lease."""
-        self.procs.start("tracker", self.hosts["tracker"].argv([self.exe, "tracker", "--listen", self.tracker]))
+        tracker = [self.exe, "tracker", "--listen", self.tracker, *self.tls]
+        self.procs.start("tracker", self.hosts["tracker"].argv(tracker))
         for name in ["seeder", *leechers]:
             host = self.hosts[name]
             (self.work / name).mkdir()
             flags = ["--listen", f"{host.ip}:{PEER_PORT}", "--tracker", self.tracker, "--data-dir"]
-            flags += [str(self.work / name), *self.peer_args, *(leecher_flags if name != "seeder" else [])]
+            flags += [str(self.work / name), *self.tls, *self.peer_args, *(leecher_flags if name != "seeder" else [])]
             self.procs.start(name, self.wrap(host.argv([self.exe, "peer", *flags])))
         with ThreadPoolExecutor(len(leechers) + 1) as pool:
             list(pool.map(self.wait_ready, ["seeder", *leechers]))
@@ -298,6 +300,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--no-cgroup", dest="cgroup", action="store_false", help="count CPU from /proc/PID/stat, not a cgroup"
     )
+    parser.add_argument("--tls", action="store_true", help="mutual TLS on the tracker and every peer (shoal only)")
     parser.add_argument(
         "--peer-args", type=shlex.split, default=[], help='extra flags for every `shoal peer`, e.g. "--max-peers 8"'
     )
@@ -355,6 +358,9 @@ def main(argv: list[str] | None = None) -> int:
         args.source = args.work / "file"
         args.digest = write_random_file(args.source, args.size)
         args.chunk_size = args.chunk_size or 0
+        args.tls_flags = make_certs(args.work / "tls") if args.tls else []
+        if args.tls:
+            print("shoal daemons run with mutual TLS (--tls); the aria2 reference does not")
         results = []
         for mode in args.modes:
             for n in args.ns:

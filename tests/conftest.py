@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Generator, Iterator
 from pathlib import Path
 
@@ -9,6 +10,7 @@ import pytest
 from helpers import files
 from helpers.processes import running_swarm
 
+from shoal.config import TlsFiles
 from shoal.localswarm import LocalSwarm
 
 ANNOUNCE_INTERVAL = 0.5
@@ -17,22 +19,38 @@ LOG_TAIL_LINES = 40
 
 def pytest_configure(config: pytest.Config) -> None:
     """Register the marker that tunes the `swarm` fixture."""
-    config.addinivalue_line("markers", "swarm_config(announce_interval=0.5): settings of the `swarm` fixture's tracker")
+    config.addinivalue_line(
+        "markers", "swarm_config(announce_interval=0.5, tls=False): settings of the `swarm` fixture's processes"
+    )
+
+
+def _swarm_tls(factory: pytest.TempPathFactory, wanted: bool) -> TlsFiles | None:
+    """Certificates from a fresh CA when a test asks for TLS, or when SHOAL_TEST_TLS=1 asks for it everywhere."""
+    if not (wanted or os.environ.get("SHOAL_TEST_TLS") == "1"):
+        return None
+    from helpers.tls import Authority
+
+    directory = factory.mktemp("tls")
+    return Authority.create(directory).issue(directory, "swarm")
 
 
 @pytest.fixture
-def swarm(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[LocalSwarm]:
+def swarm(
+    request: pytest.FixtureRequest, tmp_path: Path, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[LocalSwarm]:
     """A fresh swarm for one test: one tracker (announce interval 0.5 s) and no peers yet."""
     marker = request.node.get_closest_marker("swarm_config")
     interval = float(marker.kwargs.get("announce_interval", ANNOUNCE_INTERVAL)) if marker else ANNOUNCE_INTERVAL
-    with running_swarm(tmp_path / "swarm", interval) as running:
+    tls = _swarm_tls(tmp_path_factory, bool(marker and marker.kwargs.get("tls")))
+    with running_swarm(tmp_path / "swarm", interval, tls=tls) as running:
         yield running
 
 
 @pytest.fixture(scope="module")
 def module_swarm(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalSwarm]:
     """One swarm shared by a module's tests (cheaper when the tests only read): one tracker, no peers."""
-    with running_swarm(tmp_path_factory.mktemp("swarm"), ANNOUNCE_INTERVAL) as running:
+    tls = _swarm_tls(tmp_path_factory, False)
+    with running_swarm(tmp_path_factory.mktemp("swarm"), ANNOUNCE_INTERVAL, tls=tls) as running:
         yield running
 
 

@@ -170,6 +170,12 @@ def _absolute(text: str) -> Path:
     return Path(text).expanduser().absolute()
 
 
+def _bracketed(text: str) -> str:
+    """host:port, with a bare IPv6 host (as $(POD_IP):7402 gives on IPv6 clusters) put in brackets."""
+    host, sep, port = text.strip().rpartition(":")
+    return f"[{host}]:{port}" if sep and ":" in host and not host.startswith("[") else text.strip()
+
+
 def _default_peer() -> str | None:
     data_dir = env("DATA_DIR")
     return f"unix:{Path(data_dir).resolve() / 'control.sock'}" if data_dir else None
@@ -291,14 +297,32 @@ DEMO_SIZE = Setting(
     parse=units.parse_size, check=_at_least(0), metavar="SIZE", shown_default="64MiB",
 )  # fmt: skip
 
+TLS_CERT = Setting(
+    "tls_cert", "--tls-cert", "this process's certificate (PEM, chain first); with the key and CA: mutual TLS",
+    env="TLS_CERT", parse=_absolute, metavar="FILE", shown_default="off: plaintext",
+)  # fmt: skip
+TLS_KEY = Setting(
+    "tls_key", "--tls-key", "the certificate's private key (PEM)", env="TLS_KEY", parse=_absolute, metavar="FILE",
+    shown_default="off",
+)  # fmt: skip
+TLS_CA = Setting(
+    "tls_ca", "--tls-ca", "the CA every peer's and tracker's certificate must chain to (PEM)", env="TLS_CA",
+    parse=_absolute, metavar="FILE", shown_default="off",
+)  # fmt: skip
+HEALTH_LISTEN = Setting(
+    "health_listen", "--health-listen", "plaintext gRPC health service only, for probes (use the pod IP)",
+    env="HEALTH_LISTEN", parse=_bracketed, check=_address, metavar="HOST:PORT", shown_default="off",
+)  # fmt: skip
+TLS = (TLS_CERT, TLS_KEY, TLS_CA, HEALTH_LISTEN)
+
 GLOBAL = (PEER, LOG_LEVEL, LOG_FORMAT)
 # What each command reads; a variable is parsed only by a command that reads it.
 COMMANDS: dict[str, tuple[Setting, ...]] = {
-    "tracker": (LOG_LEVEL, LOG_FORMAT, TRACKER_LISTEN, ANNOUNCE_INTERVAL, PEER_TTL, METRICS_PORT),
+    "tracker": (LOG_LEVEL, LOG_FORMAT, TRACKER_LISTEN, ANNOUNCE_INTERVAL, PEER_TTL, METRICS_PORT, *TLS),
     "peer": (
         LOG_LEVEL, LOG_FORMAT, PEER_LISTEN, TRACKERS, DATA_DIR, ADVERTISE, CONTROL, ZONE, CHUNK_SIZE,
         UPLOAD_LIMIT, DOWNLOAD_LIMIT, UPLOAD_SLOTS, MAX_PEERS, REQUESTS_PER_PEER, INFLIGHT_BUDGET, METRICS_PORT,
-        CACHE_SIZE, CONTROL_TOKEN_FILE, CONTROL_GROUP,
+        CACHE_SIZE, CONTROL_TOKEN_FILE, CONTROL_GROUP, *TLS,
     ),
     "put": (PEER, PUT_CHUNK_SIZE, CONTROL_TOKEN_FILE),
     "rm": (PEER, CONTROL_TOKEN_FILE),
@@ -321,6 +345,28 @@ def resolve(settings: Iterable[Setting], flags: Mapping[str, str | None]) -> dic
 
 
 @dataclass(frozen=True)
+class TlsFiles:
+    """Where a process's certificate, key and CA live (re-read by shoal.tls when they change)."""
+
+    cert: Path
+    key: Path
+    ca: Path
+
+    @classmethod
+    def from_values(cls, values: Mapping[str, Any]) -> TlsFiles | None:
+        """All three files, or None for plaintext; ConfigError when only some are given."""
+        given = [values.get(s.dest) for s in (TLS_CERT, TLS_KEY, TLS_CA)]
+        if not any(given):
+            return None
+        for setting, value in zip((TLS_CERT, TLS_KEY, TLS_CA), given, strict=True):
+            if not value:
+                message = f"--tls-cert, --tls-key and --tls-ca go together: {setting.flag} is missing"
+                raise ConfigError(setting, message)
+        cert, key, ca = (Path(str(value)) for value in given)
+        return cls(cert, key, ca)
+
+
+@dataclass(frozen=True)
 class TrackerConfig:
     """Settings of `shoal tracker`."""
 
@@ -328,6 +374,8 @@ class TrackerConfig:
     announce_interval: float = DEFAULT_ANNOUNCE_INTERVAL
     peer_ttl: float | None = None  # None: DEFAULT_TTL_INTERVALS announce intervals
     metrics_port: int | None = None
+    tls: TlsFiles | None = None  # None: plaintext
+    health_listen: str | None = None  # a plaintext health-only listener, for probes
 
     @property
     def ttl(self) -> float:
@@ -344,6 +392,8 @@ class TrackerConfig:
             announce_interval=values["announce_interval"],
             peer_ttl=values["peer_ttl"],
             metrics_port=values["metrics_port"],
+            tls=TlsFiles.from_values(values),
+            health_listen=values.get("health_listen"),
         )
 
 
@@ -369,6 +419,8 @@ class PeerConfig:
     control_token_file: Path | None = None  # required with a TCP control address
     control_group: str | None = None  # None: the control socket is 0600
     cache_size: int | float = 0  # bytes, or a fraction of the data dir's filesystem; 0 = no limit
+    tls: TlsFiles | None = None  # None: plaintext
+    health_listen: str | None = None  # a plaintext health-only listener, for probes
 
     @property
     def control_address(self) -> str:
@@ -398,4 +450,6 @@ class PeerConfig:
             control_token_file=values.get("control_token_file"),
             control_group=values.get("control_group"),
             cache_size=values.get("cache_size", 0),
+            tls=TlsFiles.from_values(values),
+            health_listen=values.get("health_listen"),
         )

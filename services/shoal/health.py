@@ -7,6 +7,8 @@ import logging
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
+from shoal import net
+
 logger = logging.getLogger(__name__)
 
 
@@ -20,6 +22,15 @@ class Health:
     def attach(self, server: grpc.aio.Server) -> None:
         """Register the health service on a server."""
         health_pb2_grpc.add_HealthServicer_to_server(self._servicer, server)
+
+    async def serve_plaintext(self, address: str) -> grpc.aio.Server:
+        """Serve only this health service, without TLS, on its own address (probes of a TLS process)."""
+        server = grpc.aio.server(options=net.SERVER_OPTIONS)
+        self.attach(server)
+        port = net.bind(server, address, "health address")
+        await server.start()
+        logger.info("plaintext health service on %s", address.rsplit(":", 1)[0] + f":{port}")
+        return server
 
     async def serving(self) -> None:
         """Report SERVING for the process and each named service."""

@@ -16,6 +16,8 @@ from pathlib import Path
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from shoal.config import TlsFiles
+
 logger = logging.getLogger(__name__)
 
 
@@ -54,6 +56,12 @@ class Proc:
     popen: subprocess.Popen[bytes]
     data_dir: Path | None = None
     metrics_port: int | None = None
+    health: str | None = None  # the plaintext health-only address, when it has one
+
+    @property
+    def probe_address(self) -> str:
+        """Where wait_serving asks: the health-only address of a TLS process, else its gRPC address."""
+        return self.health or self.address
 
     @property
     def control(self) -> str:
@@ -73,6 +81,7 @@ class LocalSwarm:
     workdir: Path
     announce_interval: float = 1.0
     extra_env: dict[str, str] = field(default_factory=dict)
+    tls: TlsFiles | None = None  # every process serves and dials with mutual TLS, probed on a health-only port
     trackers: list[Proc] = field(default_factory=list)
     peers: list[Proc] = field(default_factory=list)
 
@@ -88,6 +97,15 @@ class LocalSwarm:
             start_new_session=True,
         )
 
+    def _secure_args(self) -> tuple[list[str], str | None]:
+        """TLS flags and a plaintext health address, when this swarm runs with TLS."""
+        if self.tls is None:
+            return [], None
+        health = f"127.0.0.1:{free_port()}"
+        files = self.tls
+        flags = ["--tls-cert", str(files.cert), "--tls-key", str(files.key), "--tls-ca", str(files.ca)]
+        return [*flags, "--health-listen", health], health
+
     def start_tracker(self, port: int | None = None, metrics: bool = False, wait: bool = True) -> Proc:
         """Start one tracker on 127.0.0.1."""
         self.workdir.mkdir(parents=True, exist_ok=True)
@@ -97,18 +115,20 @@ class LocalSwarm:
         metrics_port = free_port() if metrics else None
         if metrics_port:
             args += ["--metrics-port", str(metrics_port)]
-        proc = Proc(name, args, address, self.workdir / f"{name}.log", self._spawn(name, args))
+        secure, health = self._secure_args()
+        args += secure
+        proc = Proc(name, args, address, self.workdir / f"{name}.log", self._spawn(name, args), health=health)
         proc.metrics_port = metrics_port
         self.trackers.append(proc)
         if wait:
-            wait_serving(address)
+            wait_serving(proc.probe_address)
         return proc
 
     def restart(self, proc: Proc, wait: bool = True) -> None:
         """Start a stopped process again with the same arguments (same port, same data dir)."""
         proc.popen = self._spawn(proc.name, proc.args)
         if wait:
-            wait_serving(proc.address)
+            wait_serving(proc.probe_address)
 
     def start_peer(self, *extra: str, metrics: bool = False, wait: bool = True) -> Proc:
         """Start one peer on 127.0.0.1 announcing to every tracker started so far."""
@@ -129,11 +149,13 @@ class LocalSwarm:
         metrics_port = free_port() if metrics else None
         if metrics_port:
             args += ["--metrics-port", str(metrics_port)]
-        proc = Proc(name, args, address, self.workdir / f"{name}.log", self._spawn(name, args), data_dir)
+        secure, health = self._secure_args()
+        args += secure
+        proc = Proc(name, args, address, self.workdir / f"{name}.log", self._spawn(name, args), data_dir, health=health)
         proc.metrics_port = metrics_port
         self.peers.append(proc)
         if wait:
-            wait_serving(address)
+            wait_serving(proc.probe_address)
         return proc
 
     def cli(self, peer: Proc, *args: str, timeout: float = 300, check: bool = True) -> subprocess.CompletedProcess[str]:

@@ -73,10 +73,22 @@ PEER_SERVER_OPTIONS: list[tuple[str, int | str]] = [
 ]
 
 
-def open_channel(address: str, max_receive: int = MAX_MESSAGE_BYTES) -> grpc.aio.Channel:
-    """Open an insecure channel with Shoal's limits and keepalive."""
+def open_channel(
+    address: str,
+    max_receive: int = MAX_MESSAGE_BYTES,
+    *,
+    credentials: grpc.ChannelCredentials | None = None,
+    server_name: str | None = None,
+) -> grpc.aio.Channel:
+    """Open a channel with Shoal's limits and keepalive: TLS with credentials (shoal.tls makes them), else plaintext.
+
+    server_name: the name the server's certificate must carry, instead of the host dialled."""
     options = [(k, max_receive if k == "grpc.max_receive_message_length" else v) for k, v in CHANNEL_OPTIONS]
-    return grpc.aio.insecure_channel(address, options=options)
+    if credentials is None:
+        return grpc.aio.insecure_channel(address, options=options)
+    if server_name:
+        options.append(("grpc.ssl_target_name_override", server_name))
+    return grpc.aio.secure_channel(address, credentials, options=options)
 
 
 def backoff_delays(base: float = 0.1, cap: float = 2.0) -> Callable[[int], float]:
@@ -127,11 +139,16 @@ def split_host_port(address: str) -> tuple[str, int]:
     return host, number
 
 
-def bind(server: grpc.aio.Server, address: str, what: str = "") -> int:
-    """Add a listening address to a server; OSError (one clear line) if it cannot be bound."""
+def bind(
+    server: grpc.aio.Server, address: str, what: str = "", credentials: grpc.ServerCredentials | None = None
+) -> int:
+    """Add a listening address to a server (TLS with credentials); OSError (one clear line) if it cannot be bound."""
     label = f"{what} " if what else ""
     try:
-        port = server.add_insecure_port(address)
+        if credentials is None:
+            port = server.add_insecure_port(address)
+        else:
+            port = server.add_secure_port(address, credentials)
     except RuntimeError:
         port = 0
     if port == 0:

@@ -35,8 +35,18 @@ pytestmark = pytest.mark.chart
 CRD_SCHEMAS = {
     ("monitoring.coreos.com/v1", "ServiceMonitor"): Path(__file__).parent / "schemas" / "servicemonitor.json",
     ("monitoring.coreos.com/v1", "PrometheusRule"): Path(__file__).parent / "schemas" / "prometheusrule.json",
+    ("cert-manager.io/v1", "Certificate"): Path(__file__).parent / "schemas" / "certmanager.json",
+    ("cert-manager.io/v1", "Issuer"): Path(__file__).parent / "schemas" / "certmanager.json",
 }
-OPTIONAL_KINDS = ("ServiceMonitor", "PrometheusRule", "NetworkPolicy", "ConfigMap", "DaemonSet")
+OPTIONAL_KINDS = (
+    "ServiceMonitor",
+    "PrometheusRule",
+    "NetworkPolicy",
+    "ConfigMap",
+    "DaemonSet",
+    "Certificate",
+    "Issuer",
+)
 # The oldest Kubernetes with native sidecars (what the examples need) and the newest we validate against.
 KUBE_VERSIONS = ("1.29.0", KUBE_VERSION)
 TRACKER_FQDN = "shoal-tracker-headless.shoal.svc.cluster.local:7400"
@@ -206,7 +216,7 @@ def test_trackers(default: list[Obj]) -> None:
     assert ctr["args"] == ["tracker"]
     assert env(ctr)["SHOAL_LISTEN"]["value"] == "0.0.0.0:7400"
     assert env(ctr)["SHOAL_METRICS_PORT"]["value"] == "9400"
-    assert {p["name"]: p["containerPort"] for p in ctr["ports"]} == {"grpc": 7400, "metrics": 9400}
+    assert {p["name"]: p["containerPort"] for p in ctr["ports"]} == {"grpc": 7400, "health": 7410, "metrics": 9400}
     pdb = one(default, "PodDisruptionBudget", "shoal-tracker")
     assert pdb["spec"]["minAvailable"] == 1
     assert pdb["spec"]["selector"] == deployment["spec"]["selector"]
@@ -235,7 +245,8 @@ def test_peers(default: list[Obj]) -> None:
     assert claim["spec"]["resources"]["requests"]["storage"] == "10Gi"
     ctr = container(sts)
     assert ctr["args"] == ["peer"]
-    assert {m["mountPath"]: m["name"] for m in ctr["volumeMounts"]} == {"/data": "data", "/tmp": "tmp"}
+    mounts = {m["mountPath"]: m["name"] for m in ctr["volumeMounts"]}
+    assert mounts == {"/data": "data", "/tmp": "tmp", "/etc/shoal/tls": "tls"}
     names = [e["name"] for e in ctr["env"]]
     variables = env(ctr)
     # $(POD_IP) only expands if POD_IP is defined earlier in the list.
@@ -247,7 +258,7 @@ def test_peers(default: list[Obj]) -> None:
     assert variables["SHOAL_CHUNK_SIZE"]["value"] == "1048576"
     assert variables["SHOAL_METRICS_PORT"]["value"] == "9401"
     assert variables["SHOAL_LOG_FORMAT"]["value"] == "json"
-    assert {p["name"]: p["containerPort"] for p in ctr["ports"]} == {"grpc": 7401, "metrics": 9401}
+    assert {p["name"]: p["containerPort"] for p in ctr["ports"]} == {"grpc": 7401, "health": 7411, "metrics": 9401}
     pdb = one(default, "PodDisruptionBudget", "shoal-peer")
     assert pdb["spec"]["maxUnavailable"] == 1 and pdb["spec"]["selector"] == sts["spec"]["selector"]
     assert sts["spec"]["updateStrategy"] == {"type": "RollingUpdate"}
@@ -257,7 +268,8 @@ def test_peers(default: list[Obj]) -> None:
 
 
 def test_probes_are_native_grpc(default: list[Obj]) -> None:
-    for workload, port in ((one(default, "Deployment"), 7400), (one(default, "StatefulSet"), 7401)):
+    # TLS is on by default: the probes ask the plaintext health-only ports (tests/chart/test_chart_tls.py).
+    for workload, port in ((one(default, "Deployment"), 7410), (one(default, "StatefulSet"), 7411)):
         ctr = container(workload)
         for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
             assert ctr[probe]["grpc"] == {"port": port}, (workload["kind"], probe)
@@ -411,7 +423,9 @@ def test_minimal() -> None:
     assert "topologySpreadConstraints" not in pod_spec(sts)
     assert "lifecycle" not in container(sts)
     assert "SHOAL_METRICS_PORT" not in env(container(sts))
-    assert [p["name"] for p in container(sts)["ports"]] == ["grpc"]
+    assert [p["name"] for p in container(sts)["ports"]] == ["grpc"]  # minimal: TLS off, probes on the gRPC port
+    assert container(sts)["readinessProbe"]["grpc"] == {"port": 7401}
+    assert "SHOAL_TLS_CERT" not in env(container(sts)) and find(objs, "Secret") == []
     assert find(objs, "PodDisruptionBudget") == [] and find(objs, "Pod") == [] and find(objs, "ClusterRole") == []
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ipaddress
+from pathlib import Path
 
 import pytest
 from chart.chartlib import render
@@ -66,7 +67,11 @@ def test_plan_of_the_default_chart() -> None:
     assert peer.user == "10001:10001" and peer.group_add == [10001] and peer.fs_group == 10001
     assert peer.read_only and peer.cap_drop == ["ALL"] and peer.no_new_privileges
     assert peer.tmpfs == ["/tmp"] and peer.volumes == {"run1-data-shoal-peer-0": "/data"}
-    assert peer.readiness is not None and (peer.readiness.port, peer.readiness.service) == (7401, "")
+    # TLS is on by default: the probe asks the plaintext health port, and the certificate comes from its Secret.
+    assert peer.readiness is not None and (peer.readiness.port, peer.readiness.service) == (7411, "")
+    assert set(peer.secret_files) == {"/etc/shoal/tls"}
+    assert set(peer.secret_files["/etc/shoal/tls"]) == {"ca.crt", "tls.crt", "tls.key"}
+    assert peer.env["SHOAL_HEALTH_LISTEN"] == f"{peer.ip}:7411"
     assert peer.pre_stop == ["sleep", "5"] and peer.grace_seconds == 30
     assert peer.post_start is not None and "shoal put --name shoal-canary-shoal" in peer.post_start[-1]
     assert peer.metrics_port == 9401 and peer.memory == 2**30
@@ -79,9 +84,9 @@ def test_plan_of_the_default_chart() -> None:
     assert test_pod.tmpfs == ["/work", "/tmp"]
 
 
-def test_docker_run_args() -> None:
+def test_docker_run_args(tmp_path: Path) -> None:
     peer = next(p for p in plan(render(), _cluster(), image="shoal:test") if p.pod == "shoal-peer-1")
-    args = docker_run_args(peer, "net", ["shoal.svc.cluster.local"], {"shoal.rehearsal": "run1"})
+    args = docker_run_args(peer, "net", ["shoal.svc.cluster.local"], {"shoal.rehearsal": "run1"}, tmp_path)
     joined = " ".join(args)
     assert args[-2:] == ["shoal:test", "peer"]
     for part in (
@@ -95,8 +100,12 @@ def test_docker_run_args() -> None:
         "--label shoal.rehearsal=run1",
         f"--env SHOAL_ADVERTISE={peer.ip}:7401",
         "--stop-timeout 30",
+        f"--mount type=bind,src={tmp_path / 'shoal-peer-1' / '0'},dst=/etc/shoal/tls,readonly",
     ):
         assert part in joined, part
+    assert (tmp_path / "shoal-peer-1" / "0" / "tls.key").read_bytes().startswith(b"-----BEGIN")
+    with pytest.raises(PlanError, match="secrets_root"):
+        docker_run_args(peer, "net", [])
 
 
 def test_unemulated_features_fail_loudly() -> None:

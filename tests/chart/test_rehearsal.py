@@ -216,7 +216,7 @@ def test_node_local_peers_serve_the_pods_of_their_node(rehearsal: Rehearsal) -> 
     }
     for run in node_peers.values():
         assert run.exits == {"prepare-host-dir": 0}
-        runner.wait_serving(run, "peer", 7401)
+        runner.wait_serving(run, "peer", 7411)  # the plaintext health port (the chart runs TLS)
     file_id, want = _publish(rehearsal, rehearsal.of("peer")[1].pod, "node.bin", 8 * MIB)
     clients = [
         (nodes[0], runner.start("node-a-client-0", _client_pod(host_dir, file_id, "/shoal/files/node.bin"), nodes[0])),

@@ -36,7 +36,9 @@ def test_example_pod_is_a_native_sidecar_then_a_fetch() -> None:
     pod = _example()["spec"]["template"]["spec"]
     sidecar, fetch = pod["initContainers"]
     assert sidecar["restartPolicy"] == "Always" and "restartPolicy" not in fetch
-    assert sidecar["startupProbe"]["grpc"]["port"] == 7401  # the fetch starts once the daemon serves
+    # The fetch starts once the daemon serves; with the release's TLS the probe asks the plaintext health port.
+    assert sidecar["startupProbe"]["grpc"]["port"] == 7411
+    assert env(sidecar)["SHOAL_TLS_CERT"]["value"] == "/etc/shoal/tls/tls.crt"
     assert sidecar["args"] == ["peer"]
     # Both find the daemon through the same data dir, in the volume the app mounts: the output is a hard link.
     assert env(sidecar)["SHOAL_DATA_DIR"]["value"] == env(fetch)["SHOAL_DATA_DIR"]["value"] == "/shared/.shoal"
@@ -45,7 +47,10 @@ def test_example_pod_is_a_native_sidecar_then_a_fetch() -> None:
     assert env(fetch)["SHOAL_OUTPUT"]["value"] == "/shared/files/model.bin"
     (app,) = pod["containers"]
     assert {"name": "shared", "mountPath": "/shared", "readOnly": True} in app["volumeMounts"]
-    assert pod["volumes"] == [{"name": "shared", "emptyDir": {"sizeLimit": "2Gi"}}]
+    assert pod["volumes"] == [
+        {"name": "shared", "emptyDir": {"sizeLimit": "2Gi"}},
+        {"name": "shoal-tls", "secret": {"secretName": "shoal-peer-tls", "defaultMode": 0o440}},
+    ]
     assert pod["securityContext"]["runAsNonRoot"] is True
     for ctr in (sidecar, fetch, app):
         ctx = ctr["securityContext"]

@@ -50,10 +50,13 @@ class Aborted(Exception):
 
 
 class FakeContext:
-    """The two ServicerContext methods the tracker uses."""
+    """The ServicerContext methods the tracker uses (a plaintext caller: no certificate)."""
 
     def peer(self) -> str:
         return "ipv4:127.0.0.1:1"
+
+    def auth_context(self) -> dict[str, list[bytes]]:
+        return {}
 
     async def abort(self, code: grpc.StatusCode, details: str) -> NoReturn:
         raise Aborted(code, details)

@@ -8,6 +8,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+from shoal.config import TlsFiles
 from shoal.localswarm import LocalSwarm, Proc, wait_serving
 
 logger = logging.getLogger(__name__)
@@ -21,9 +22,11 @@ def clean_env() -> dict[str, str]:
 
 
 @contextmanager
-def running_swarm(workdir: Path, announce_interval: float, trackers: int = 1) -> Iterator[LocalSwarm]:
-    """A LocalSwarm with `trackers` trackers serving; every process it ever started is stopped on the way out."""
-    swarm = LocalSwarm(workdir, announce_interval=announce_interval, extra_env=clean_env())
+def running_swarm(
+    workdir: Path, announce_interval: float, trackers: int = 1, tls: TlsFiles | None = None
+) -> Iterator[LocalSwarm]:
+    """A LocalSwarm with `trackers` trackers serving (mutual TLS with `tls`); every process it started is stopped."""
+    swarm = LocalSwarm(workdir, announce_interval=announce_interval, extra_env=clean_env(), tls=tls)
     try:
         start_trackers(swarm, trackers)
         yield swarm
@@ -35,7 +38,7 @@ def start_trackers(swarm: LocalSwarm, count: int, timeout: float = START_TIMEOUT
     """Start `count` trackers at once; return once every one reports SERVING."""
     trackers = [swarm.start_tracker(wait=False) for _ in range(count)]
     for tracker in trackers:
-        wait_serving(tracker.address, timeout=timeout)
+        wait_serving(tracker.probe_address, timeout=timeout)
     return trackers
 
 
@@ -43,5 +46,5 @@ def start_peers(swarm: LocalSwarm, count: int, *extra: str, timeout: float = STA
     """Start `count` peers with the same extra flags at once; return once every one reports SERVING."""
     peers = [swarm.start_peer(*extra, wait=False) for _ in range(count)]
     for peer in peers:
-        wait_serving(peer.address, timeout=timeout)
+        wait_serving(peer.probe_address, timeout=timeout)
     return peers

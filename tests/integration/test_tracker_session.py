@@ -313,7 +313,9 @@ async def test_new_peer_falls_back_to_announce_against_an_old_tracker(tmp_path: 
         address = f"127.0.0.1:{port}"
         async with net.open_channel(address) as channel:
             secrets = TrackerSecrets(tmp_path)
-            session = ReplicaSession(address, tracker_pb2_grpc.TrackerStub(channel), secrets, lambda: hello_request())
+            session = ReplicaSession(
+                address, lambda: tracker_pb2_grpc.TrackerStub(channel), secrets, lambda: hello_request()
+            )
             with pytest.raises(StreamUnsupported):
                 await asyncio.wait_for(session.run(), 5)
             assert not session.wanted()  # announces from now on, for a while

@@ -141,3 +141,19 @@ def test_text_log_lines() -> None:
         root.handlers[:], _ = saved
         root.setLevel(saved[1])
     assert re.fullmatch(r"\S+ \S+ WARNING shoal.test: careful\n", stream.getvalue())
+
+
+def test_tls_files_go_together() -> None:
+    values = config.resolve(config.COMMANDS["tracker"], {"tls_cert": "/c.pem", "tls_key": "/k.pem", "tls_ca": "/a.pem"})
+    files = config.TrackerConfig.from_values(values).tls
+    assert files == config.TlsFiles(Path("/c.pem"), Path("/k.pem"), Path("/a.pem"))
+    assert config.TrackerConfig.from_values(config.resolve(config.COMMANDS["tracker"], {})).tls is None
+    partial = config.resolve(config.COMMANDS["peer"], {"tracker": "t:1", "data_dir": "/d", "tls_cert": "/c.pem"})
+    with pytest.raises(config.ConfigError) as caught:
+        config.PeerConfig.from_values(partial)
+    assert caught.value.setting is config.TLS_KEY
+
+
+def test_health_listen_brackets_a_bare_ipv6_pod_ip() -> None:
+    values = config.resolve(config.COMMANDS["tracker"], {"health_listen": "fd00::5:7402"})
+    assert config.TrackerConfig.from_values(values).health_listen == "[fd00::5]:7402"

@@ -16,7 +16,15 @@ from pathlib import Path
 from typing import Any
 
 from tools.rehearsal import engine
-from tools.rehearsal.pods import Cluster, PlanError, expand, quantity_bytes, quantity_cpus
+from tools.rehearsal.pods import (
+    Cluster,
+    PlanError,
+    expand,
+    quantity_bytes,
+    quantity_cpus,
+    secret_volume,
+    write_secret_files,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -64,6 +72,7 @@ class PodRunner:
     run_id: str
     host_root: Path
     image: str
+    secrets: dict[str, dict[str, bytes]] = field(default_factory=dict)  # the release's Secrets (pods.secrets_of)
 
     def _volume_args(self, pod: str, node: str, spec: Obj, ctr: Obj) -> list[str]:
         volumes = {v["name"]: v for v in spec.get("volumes", [])}
@@ -74,6 +83,10 @@ class PodRunner:
             if source is not None and "emptyDir" in source:
                 name = f"{self.run_id}-{pod}-{mount['name']}"
                 args += ["--mount", f"type=volume,src={name},dst={mount['mountPath']}{read_only}"]
+            elif source is not None and "secret" in source:
+                files = secret_volume(source, self.secrets, pod)
+                directory = write_secret_files(files, self.host_root.parent / "secrets" / pod / mount["name"])
+                args += ["--mount", f"type=bind,src={directory},dst={mount['mountPath']},readonly"]
             elif source is not None and "hostPath" in source:
                 path = self.host_root / node / source["hostPath"]["path"].lstrip("/")
                 if source["hostPath"].get("type") == "DirectoryOrCreate":

@@ -6,11 +6,13 @@ Service DNS names, security contexts, volumes) against a pretend cluster with fi
 
 from __future__ import annotations
 
+import base64
 import ipaddress
 import logging
 import re
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 logger = logging.getLogger(__name__)
@@ -57,6 +59,7 @@ class ContainerPlan:
     no_new_privileges: bool = False
     tmpfs: list[str] = field(default_factory=list)
     volumes: dict[str, str] = field(default_factory=dict)  # docker volume -> mount path
+    secret_files: dict[str, dict[str, bytes]] = field(default_factory=dict)  # mount path -> file name -> bytes
     fs_group: int | None = None
     cpus: float | None = None
     memory: int | None = None
@@ -171,9 +174,43 @@ def _pods(objs: list[Obj]) -> Iterator[tuple[str, str, Obj, Obj]]:
             raise PlanError(f"{kind} {name}: not emulated")
 
 
+def secrets_of(objs: list[Obj]) -> dict[str, dict[str, bytes]]:
+    """The rendered Secrets' files by Secret name (what a secret volume shows), data decoded."""
+    found: dict[str, dict[str, bytes]] = {}
+    for obj in objs:
+        if obj["kind"] == "Secret":
+            files = {k: base64.b64decode(v) for k, v in (obj.get("data") or {}).items()}
+            files.update({k: str(v).encode() for k, v in (obj.get("stringData") or {}).items()})
+            found[obj["metadata"]["name"]] = files
+    return found
+
+
+def secret_volume(volume: Obj, secrets: Mapping[str, dict[str, bytes]], pod: str) -> dict[str, bytes]:
+    """The files of a secret volume, from a Secret the chart rendered (cert-manager's or yours are not here)."""
+    name = volume["secret"]["secretName"]
+    if name not in secrets:
+        raise PlanError(
+            f"{pod}: secret {name} is not rendered by the chart (cert-manager or existingSecret): not emulated"
+        )
+    return secrets[name]
+
+
+def write_secret_files(files: Mapping[str, bytes], directory: Path) -> Path:
+    """A secret volume's files in a host directory to bind-mount read-only (readable by all: the emulated pod's
+    fsGroup cannot own them here, as it does in Kubernetes)."""
+    directory.mkdir(parents=True, exist_ok=True)
+    directory.chmod(0o755)
+    for name, data in files.items():
+        path = directory / name
+        path.write_bytes(data)
+        path.chmod(0o444)
+    return directory
+
+
 def plan(objs: list[Obj], cluster: Cluster, image: str | None = None) -> list[ContainerPlan]:
     """A container plan for every pod of every workload (and test Pod) in the rendered objects."""
     services = [o for o in objs if o["kind"] == "Service"]
+    secrets = secrets_of(objs)
     plans: list[ContainerPlan] = []
     for index, (pod_name, kind, meta, workload) in enumerate(_pods(objs)):
         spec = workload["spec"]["template"]["spec"] if kind != "Pod" else workload["spec"]
@@ -224,12 +261,15 @@ def plan(objs: list[Obj], cluster: Cluster, image: str | None = None) -> list[Co
         claims = {c["metadata"]["name"] for c in workload["spec"].get("volumeClaimTemplates", [])}
         tmpfs: list[str] = []
         volumes: dict[str, str] = {}
+        secret_files: dict[str, dict[str, bytes]] = {}
         for mount in ctr.get("volumeMounts", []):
             source = mount["name"]
             if source in claims:  # PVC <template>-<pod>, a named volume
                 volumes[f"{cluster.run_id}-{source}-{pod_name}"] = mount["mountPath"]
             elif "emptyDir" in volumes_by_name.get(source, {}):
                 tmpfs.append(mount["mountPath"])
+            elif "secret" in volumes_by_name.get(source, {}):
+                secret_files[mount["mountPath"]] = secret_volume(volumes_by_name[source], secrets, pod_name)
             else:
                 raise PlanError(f"{pod_name}: volume {source} not emulated")
         limits: Obj = ctr.get("resources", {}).get("limits", {})
@@ -259,6 +299,7 @@ def plan(objs: list[Obj], cluster: Cluster, image: str | None = None) -> list[Co
                 no_new_privileges=ctx.get("allowPrivilegeEscalation") is False,
                 tmpfs=tmpfs,
                 volumes=volumes,
+                secret_files=secret_files,
                 fs_group=int(pod_ctx["fsGroup"]) if "fsGroup" in pod_ctx else None,
                 cpus=quantity_cpus(limits["cpu"]) if "cpu" in limits else None,
                 memory=quantity_bytes(limits["memory"]) if "memory" in limits else None,
@@ -275,9 +316,15 @@ def plan(objs: list[Obj], cluster: Cluster, image: str | None = None) -> list[Co
 
 
 def docker_run_args(
-    p: ContainerPlan, network: str, dns_search: list[str], extra_labels: Mapping[str, str] | None = None
+    p: ContainerPlan,
+    network: str,
+    dns_search: list[str],
+    extra_labels: Mapping[str, str] | None = None,
+    secrets_root: Path | None = None,
 ) -> list[str]:
-    """The `docker run` arguments (after `docker run`) that start this plan detached."""
+    """The `docker run` arguments (after `docker run`) that start this plan detached.
+
+    Secret volumes are written under secrets_root (required when the plan has any) and bind-mounted read-only."""
     args = ["-d", "--name", p.pod, "--hostname", p.hostname, "--network", network, "--ip", p.ip]
     for alias in dict.fromkeys(p.aliases):
         args += ["--network-alias", alias]
@@ -301,6 +348,11 @@ def docker_run_args(
         args += ["--tmpfs", f"{path}:rw,exec,nosuid,nodev,mode=1777"]
     for volume, path in p.volumes.items():
         args += ["--mount", f"type=volume,src={volume},dst={path},volume-nocopy"]
+    for index, (path, files) in enumerate(p.secret_files.items()):
+        if secrets_root is None:
+            raise PlanError(f"{p.pod}: secret volumes need a secrets_root to write them in")
+        source = write_secret_files(files, secrets_root / p.pod / str(index))
+        args += ["--mount", f"type=bind,src={source},dst={path},readonly"]
     if p.cpus is not None:
         args += ["--cpus", f"{p.cpus:g}"]
     if p.memory is not None:

@@ -17,7 +17,7 @@ from typing import Any
 from tools.rehearsal import engine
 from tools.rehearsal.chart import ROOT, render
 from tools.rehearsal.podrun import PodRunner
-from tools.rehearsal.pods import Cluster, ContainerPlan, check_aliases, docker_run_args, plan
+from tools.rehearsal.pods import Cluster, ContainerPlan, check_aliases, docker_run_args, plan, secrets_of
 
 logger = logging.getLogger(__name__)
 
@@ -53,6 +53,8 @@ class Rehearsal:
     run_id: str = field(default_factory=lambda: f"rehearsal-{secrets.token_hex(3)}")
     report: dict[str, Any] = field(default_factory=lambda: {"timings_s": {}, "stops_s": {}})
     plans: list[ContainerPlan] = field(default_factory=list)
+    # The first render's Secrets: later renders generate new certificates, so every pod uses these.
+    secrets: dict[str, dict[str, bytes]] = field(default_factory=dict)
     started_engine: bool = False
     _started_at: dict[str, float] = field(default_factory=dict)
 
@@ -84,6 +86,7 @@ class Rehearsal:
         objs = render(self.values, sets, self.release, self.namespace)
         self.cluster = Cluster(self.namespace, self.cluster_domain, ipaddress.IPv4Network(self.subnet), self.run_id)
         self.plans = plan(objs, self.cluster)
+        self.secrets = secrets_of(objs)
         check_aliases(self.plans)
         self.report["pods"] = {p.pod: {"ip": p.ip, "node": p.node, "aliases": p.aliases} for p in self.plans}
 
@@ -100,7 +103,9 @@ class Rehearsal:
 
     def pod_runner(self) -> PodRunner:
         """Runs whole pods (init containers, native sidecars, shared volumes, hostPath) on this rehearsal's network."""
-        return PodRunner(self.cluster, self.network, self._dns_search(), self.run_id, self.host_root, self.image)
+        return PodRunner(
+            self.cluster, self.network, self._dns_search(), self.run_id, self.host_root, self.image, self.secrets
+        )
 
     def _dns_search(self) -> list[str]:
         domain = self.cluster.cluster_domain
@@ -129,7 +134,8 @@ class Rehearsal:
         self.timings["containers_started"] = time.monotonic() - started
 
     def _run(self, p: ContainerPlan) -> None:
-        args = docker_run_args(p, self.network, self._dns_search(), {engine.LABEL: self.run_id})
+        secrets_root = self.host_root.parent / "secrets"
+        args = docker_run_args(p, self.network, self._dns_search(), {engine.LABEL: self.run_id}, secrets_root)
         self._started_at[p.pod] = time.monotonic()
         engine.docker("run", *args)
         if p.post_start:  # the kubelet runs it beside the entrypoint, right after the container starts

@@ -169,6 +169,9 @@ the zone, the transfer settings, logs and metrics, then peer.extraEnv. Call with
 - name: SHOAL_METRICS_PORT
   value: {{ int $v.peer.metricsPort | quote }}
 {{- end }}
+{{- with (include "shoal.tls.env" (dict "root" .root "healthPort" $v.peer.healthPort) | trim) }}
+{{ . }}
+{{- end }}
 {{- with $v.peer.extraEnv }}
 {{ toYaml . }}
 {{- end }}
@@ -269,4 +272,60 @@ lifecycle:
 {{/* The node-local peer's directory on each node: one per release, so two releases never share a store. */}}
 {{- define "shoal.nodePeer.hostDir" -}}
 {{- printf "%s/%s-%s" (trimSuffix "/" .Values.peer.nodeLocal.hostPath) .Release.Namespace .Release.Name }}
+{{- end }}
+
+{{/* Where a daemon finds its TLS files: the Secret's keys as cert-manager and kubernetes.io/tls name them. */}}
+{{- define "shoal.tls.mountPath" -}}
+/etc/shoal/tls
+{{- end }}
+
+{{/* The Secret with a role's certificate: tls.existingSecret, else <fullname>-<role>-tls. Call with (dict "root" $ "role" "peer"). */}}
+{{- define "shoal.tls.secretName" -}}
+{{- if .root.Values.tls.existingSecret }}
+{{- .root.Values.tls.existingSecret }}
+{{- else }}
+{{- printf "%s-%s-tls" (include "shoal.fullname" .root) .role | trunc 63 | trimSuffix "-" }}
+{{- end }}
+{{- end }}
+
+{{/*
+A daemon's TLS and probe env when tls.enabled: the three files and the plaintext health-only listener on the pod
+IP (needs POD_IP defined before it). Call with (dict "root" $ "healthPort" .Values.peer.healthPort).
+*/}}
+{{- define "shoal.tls.env" -}}
+{{- if .root.Values.tls.enabled }}
+- name: SHOAL_TLS_CERT
+  value: {{ printf "%s/tls.crt" (include "shoal.tls.mountPath" .root) | quote }}
+- name: SHOAL_TLS_KEY
+  value: {{ printf "%s/tls.key" (include "shoal.tls.mountPath" .root) | quote }}
+- name: SHOAL_TLS_CA
+  value: {{ printf "%s/ca.crt" (include "shoal.tls.mountPath" .root) | quote }}
+- name: SHOAL_HEALTH_LISTEN
+  value: "$(POD_IP):{{ .healthPort }}"
+{{- end }}
+{{- end }}
+
+{{/* The TLS volume mount of a daemon container (empty without TLS). */}}
+{{- define "shoal.tls.volumeMount" -}}
+{{- if .Values.tls.enabled }}
+- name: tls
+  mountPath: {{ include "shoal.tls.mountPath" . }}
+  readOnly: true
+{{- end }}
+{{- end }}
+
+{{/* The TLS volume of a pod (no subPath anywhere, so a renewed Secret reaches the files). Call with (dict "root" $ "role" "peer"). */}}
+{{- define "shoal.tls.volume" -}}
+{{- if .root.Values.tls.enabled }}
+- name: tls
+  secret:
+    secretName: {{ include "shoal.tls.secretName" . }}
+    # Readable by the daemon's group (fsGroup) only.
+    defaultMode: 0440
+{{- end }}
+{{- end }}
+
+{{/* The port the probes ask: the plaintext health-only port with TLS, else the gRPC port. Call with (dict "root" $ "port" P "healthPort" H). */}}
+{{- define "shoal.probePort" -}}
+{{- if .root.Values.tls.enabled }}{{ .healthPort }}{{ else }}{{ .port }}{{ end }}
 {{- end }}

@@ -12,10 +12,23 @@ examples/sidecar/ shows them in a Deployment.
 Both take: image (required), volume (the emptyDir's name, default "shared"), mountPath (default "/shared"),
 uid (default 10001). shoal.sidecar also takes tracker (required, HOST:PORT[,HOST:PORT...]), name (default
 "shoal"), port (default 7401), logFormat (default "json"), zone, resources (default: 50m CPU and 64Mi requested,
-512Mi limit). shoal.sidecar.fetch takes file (required, the file id), output (required, a path under mountPath),
+512Mi limit), tlsSecret (the release's peer certificate Secret, <release>-shoal-peer-tls or tls.existingSecret, when
+the release runs TLS, its default: the sidecar then presents it, mounts it readable by the pod's fsGroup, and is
+probed on healthPort, default 7411, in plaintext). shoal.sidecar.fetch takes file (required, the file id), output (required, a path under mountPath),
 name (default "fetch"), timeoutSeconds (default 300: how long to keep asking the swarm).
-The pod must carry the label shoal/peer: "true" when the chart's NetworkPolicies are on.
+The pod must carry the label shoal/peer: "true" when the chart's NetworkPolicies are on. With tlsSecret the pod
+also needs the volume: {{ include "shoal.sidecar.tlsVolume" (dict "tlsSecret" "...") | nindent 8 }} under volumes.
 */}}
+
+{{/* The volume of the sidecar's certificate, for the pod's volumes (nothing without tlsSecret). */}}
+{{- define "shoal.sidecar.tlsVolume" -}}
+{{- with .tlsSecret -}}
+- name: shoal-tls
+  secret:
+    secretName: {{ . }}
+    defaultMode: 0440
+{{- end }}
+{{- end }}
 
 {{/* Restricted-profile container security context of both containers. */}}
 {{- define "shoal.sidecar.securityContext" -}}
@@ -34,7 +47,9 @@ seccompProfile:
 {{- if not .image }}{{ fail "shoal.sidecar: image is required" }}{{ end }}
 {{- if not .tracker }}{{ fail "shoal.sidecar: tracker is required" }}{{ end }}
 {{- $mount := .mountPath | default "/shared" }}
-{{- $port := int (.port | default 7401) -}}
+{{- $port := int (.port | default 7401) }}
+{{- $healthPort := int (.healthPort | default 7411) }}
+{{- $probePort := ternary $healthPort $port (not (empty .tlsSecret)) -}}
 - name: {{ .name | default "shoal" }}
   image: {{ .image }}
   args: ["peer"]
@@ -60,19 +75,35 @@ seccompProfile:
     - name: SHOAL_ZONE
       value: {{ . | quote }}
     {{- end }}
+    {{- if .tlsSecret }}
+    - name: SHOAL_TLS_CERT
+      value: /etc/shoal/tls/tls.crt
+    - name: SHOAL_TLS_KEY
+      value: /etc/shoal/tls/tls.key
+    - name: SHOAL_TLS_CA
+      value: /etc/shoal/tls/ca.crt
+    # Plaintext health only, for the probes below; the peer port takes mutual TLS alone.
+    - name: SHOAL_HEALTH_LISTEN
+      value: "$(POD_IP):{{ $healthPort }}"
+    {{- end }}
   ports:
     - name: shoal
       containerPort: {{ $port }}
       protocol: TCP
+    {{- if .tlsSecret }}
+    - name: shoal-health
+      containerPort: {{ $healthPort }}
+      protocol: TCP
+    {{- end }}
   # The fetch container starts once this succeeds: the daemon serves and has its control socket.
   startupProbe:
     grpc:
-      port: {{ $port }}
+      port: {{ $probePort }}
     periodSeconds: 1
     failureThreshold: 60
   readinessProbe:
     grpc:
-      port: {{ $port }}
+      port: {{ $probePort }}
     periodSeconds: 10
   securityContext:
     {{- include "shoal.sidecar.securityContext" . | nindent 4 }}
@@ -81,6 +112,11 @@ seccompProfile:
   volumeMounts:
     - name: {{ .volume | default "shared" }}
       mountPath: {{ $mount }}
+    {{- if .tlsSecret }}
+    - name: shoal-tls
+      mountPath: /etc/shoal/tls
+      readOnly: true
+    {{- end }}
 {{- end }}
 
 {{- define "shoal.sidecar.fetch" -}}

@@ -14,7 +14,7 @@ logger = logging.getLogger(__name__)
 # What shtab writes for a path argument (shtab.FILE / shtab.DIRECTORY), without importing shtab to parse.
 FILE = {"bash": "_shtab_compgen_files", "zsh": "_files", "tcsh": "f"}
 DIRECTORY = {"bash": "_shtab_compgen_dirs", "zsh": "_files -/", "tcsh": "d"}
-PATH_SETTINGS = {"data_dir": DIRECTORY}
+PATH_SETTINGS = {"data_dir": DIRECTORY, "tls_cert": FILE, "tls_key": FILE, "tls_ca": FILE}
 
 DESCRIPTION = "Peer-to-peer file distribution over gRPC."
 EPILOG = """\

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import grpc
 
-from shoal import net
+from shoal import net, tls
 from shoal.cache import Cache
 from shoal.config import PeerConfig
 from shoal.exporter import ProcessMetrics
@@ -73,7 +73,8 @@ class PeerDaemon:
     def __init__(self, config: PeerConfig) -> None:
         self.config = config
         self.store = Store(config.data_dir)
-        self.links = LinkPool()
+        self.transport = tls.Transport(config.tls)
+        self.links = LinkPool(self.transport)
         self.node: Node
         self.trackers: TrackerClient
         self.uploads: Uploads
@@ -95,6 +96,7 @@ class PeerDaemon:
         self._ticket_server: asyncio.Server | None = None
         self._control_server = grpc.aio.server(options=net.SERVER_OPTIONS, interceptors=interceptors)
         self._background: list[asyncio.Task[None]] = []
+        self._health_server: grpc.aio.Server | None = None
 
     async def start(self) -> None:
         """Open the store, bind both servers, start announcing and resume unfinished downloads."""
@@ -105,7 +107,8 @@ class PeerDaemon:
             Cache.open, self.store, QuotaSpec.of(self.config.cache_size), self.config.data_dir
         )
         peer_id = await asyncio.to_thread(self.store.peer_id)
-        self.port = net.bind(self._peer_server, self.config.listen)
+        self.transport.warn_if_plaintext("peer")
+        self.port = self.transport.bind(self._peer_server, self.config.listen)
         zone = await asyncio.to_thread(detect_zone, self.config.zone)
         self.config = dataclasses.replace(self.config, zone=zone)
         self.node = Node(
@@ -118,6 +121,7 @@ class PeerDaemon:
             self.config.trackers,
             TrackerSecrets(store.root),
             self.config.tracker_refresh,
+            self.transport,
         )
         announce_soon = trackers.announce_soon
         self.uploads = Uploads(store, node.stats, node.upload_bucket, self.config.upload_slots, announce_soon)
@@ -160,6 +164,8 @@ class PeerDaemon:
             self.downloads.start(entry.file_id, entry.output, export=True)
         if self.metrics is not None:
             self.metrics.serve()
+        if self.config.health_listen:
+            self._health_server = await self.health.serve_plaintext(self.config.health_listen)
         await self.health.serving()
         if cache.quota_bytes:
             logger.info("cache quota %d bytes (%d held)", cache.quota_bytes, self.store.bytes_used)
@@ -205,6 +211,8 @@ class PeerDaemon:
         if self._ticket_server is not None:
             self._ticket_server.close()
         await self._peer_server.stop(STOP_GRACE)
+        if self._health_server is not None:
+            await self._health_server.stop(None)
         await self.trackers.close()
         await self.links.close()
         if self.metrics is not None:

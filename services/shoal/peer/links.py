@@ -6,11 +6,12 @@ a domain error from `peer.errors`, so the download engine never imports grpc.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 
 import grpc
 
-from shoal import content, net
+from shoal import content, net, tls
 from shoal.peer import wire
 from shoal.peer.errors import Busy, Lied, LinkError, NotHeld, Unreachable
 from shoal.v1 import common_pb2, peer_pb2, peer_pb2_grpc
@@ -45,9 +46,11 @@ def read_chunk_reply(raw: bytes) -> wire.ChunkReply:
 class PeerLink:
     """One pooled channel to another peer."""
 
-    def __init__(self, address: str) -> None:
+    def __init__(self, address: str, transport: tls.Transport | None = None) -> None:
         self.address = address
-        self.channel = net.open_channel(address, max_receive=net.MAX_REPLY_BYTES)
+        transport = transport if transport is not None else tls.plaintext()
+        self.generation = transport.generation
+        self.channel = transport.open_channel(address, tls.PEER_NAME, max_receive=net.MAX_REPLY_BYTES)
         self.stub = peer_pb2_grpc.PeerStub(self.channel)
         # No deserializer: the raw bytes come back, parsed in place by read_chunk_reply.
         self._get_chunk = self.channel.unary_unary(
@@ -89,17 +92,30 @@ class PeerLink:
 
 
 class LinkPool:
-    """Channels to other peers, one per address, reused across downloads."""
+    """Channels to other peers, one per address, reused across downloads.
 
-    def __init__(self) -> None:
+    When the TLS files change, the next request for a link gets a new channel with the new certificate; the old
+    one finishes its calls in flight (up to a chunk deadline) and closes."""
+
+    def __init__(self, transport: tls.Transport | None = None) -> None:
         self._links: dict[str, PeerLink] = {}
+        self._transport = transport if transport is not None else tls.plaintext()
+        self._closing: set[asyncio.Task[None]] = set()
 
     def link(self, address: str) -> PeerLink:
         """The pooled link to an address."""
         link = self._links.get(address)
+        if link is not None and link.generation != self._transport.current():
+            self._retire(link)
+            link = None
         if link is None:
-            link = self._links[address] = PeerLink(address)
+            link = self._links[address] = PeerLink(address, self._transport)
         return link
+
+    def _retire(self, link: PeerLink) -> None:
+        task = asyncio.get_running_loop().create_task(link.channel.close(net.CHUNK_DEADLINE))
+        self._closing.add(task)
+        task.add_done_callback(self._closing.discard)
 
     async def drop(self, address: str) -> None:
         """Close the channel to a peer found dead, so the next use reconnects afresh."""
@@ -112,3 +128,5 @@ class LinkPool:
         for link in self._links.values():
             await link.channel.close(None)
         self._links.clear()
+        for task in list(self._closing):
+            task.cancel()

@@ -45,7 +45,7 @@ class ReplicaSession:
     def __init__(
         self,
         address: str,
-        stub: tracker_pb2_grpc.TrackerStub,
+        stub: Callable[[], tracker_pb2_grpc.TrackerStub],
         secrets: TrackerSecrets,
         snapshot: Snapshot,
         clock: Callable[[], float] = time.monotonic,
@@ -116,7 +116,7 @@ class ReplicaSession:
         sent = {held.file.file_id: held for held in state.files}
         # wait_for_ready: a replica coming back is reached as soon as the channel reconnects; no deadline, for the
         # stream lives as long as the peer does (keepalive ends it if the replica stops answering).
-        call = self._stub.Session(wait_for_ready=True)
+        call = self._stub().Session(wait_for_ready=True)  # asked each time: TLS files may have rotated
         self._call = call
         # The stream waits for the replica as long as it takes; say so once when it does not answer soon.
         quiet = asyncio.get_running_loop().call_later(net.TRACKER_DEADLINE, self._warn_unanswered)

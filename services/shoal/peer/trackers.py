@@ -13,7 +13,7 @@ from typing import TypeVar
 
 import grpc
 
-from shoal import net
+from shoal import net, tls
 from shoal.peer.credentials import TrackerSecrets
 from shoal.peer.errors import TrackersUnavailable
 from shoal.peer.tracker_stream import ReplicaSession, Snapshot, StreamUnsupported
@@ -28,15 +28,35 @@ MERGE_GRACE = 0.25  # seconds other replicas get to join a merged answer once on
 
 
 class _Replica:
-    def __init__(self, address: str, secrets: TrackerSecrets, snapshot: Snapshot) -> None:
+    def __init__(self, address: str, transport: tls.Transport, secrets: TrackerSecrets, snapshot: Snapshot) -> None:
         self.address = address
-        self.channel = net.open_channel(address)
+        self.transport = transport
+        self.generation = transport.generation
+        self.channel = transport.open_channel(address, tls.TRACKER_NAME)
         self.stub = tracker_pb2_grpc.TrackerStub(self.channel)
-        self.session = ReplicaSession(address, self.stub, secrets, snapshot)
+        self.session = ReplicaSession(address, self.current_stub, secrets, snapshot)
         self.up = False
         self.failures = 0
         self.next_announce = 0.0
         self.in_flight: asyncio.Task[None] | None = None
+        self._closing: set[asyncio.Task[None]] = set()
+
+    def current_stub(self) -> tracker_pb2_grpc.TrackerStub:
+        """The stub to open a call on, on a channel with the current certificate."""
+        self.renew()
+        return self.stub
+
+    def renew(self) -> None:
+        """After the TLS files changed, dial with the new certificate; the old channel finishes its calls first."""
+        if self.generation == self.transport.current():
+            return
+        old = self.channel
+        self.generation = self.transport.generation
+        self.channel = self.transport.open_channel(self.address, tls.TRACKER_NAME)
+        self.stub = tracker_pb2_grpc.TrackerStub(self.channel)
+        task = asyncio.get_running_loop().create_task(old.close(net.TRACKER_DEADLINE))
+        self._closing.add(task)
+        task.add_done_callback(self._closing.discard)
 
 
 async def resolve(spec: str) -> list[str]:
@@ -78,6 +98,7 @@ class TrackerClient:
         specs: tuple[str, ...],
         secrets: TrackerSecrets,
         refresh_seconds: float = 30.0,
+        transport: tls.Transport | None = None,
     ) -> None:
         self._me = me
         self._holdings = holdings
@@ -87,6 +108,7 @@ class TrackerClient:
         self._replicas: dict[str, _Replica] = {}
         self.interval = 3.0
         self.secrets = secrets
+        self._transport = transport if transport is not None else tls.plaintext()
 
     @property
     def addresses(self) -> list[str]:
@@ -112,7 +134,7 @@ class TrackerClient:
             wanted.update(self._replicas)
         for address in wanted - set(self._replicas):
             logger.info("tracker replica %s added", address)
-            self._replicas[address] = _Replica(address, self.secrets, self._announcement)
+            self._replicas[address] = _Replica(address, self._transport, self.secrets, self._announcement)
         for address in set(self._replicas) - wanted:
             logger.info("tracker replica %s gone", address)
             gone = self._replicas.pop(address)
@@ -180,6 +202,7 @@ class TrackerClient:
         request = self._announcement()
         started = []
         for replica in due:
+            replica.renew()
             replica.next_announce = now + net.TRACKER_DEADLINE  # not due again while this one runs
             replica.in_flight = asyncio.create_task(self._announce_one(replica, request))
             started.append(replica.in_flight)

@@ -12,7 +12,7 @@ from typing import NoReturn
 
 import grpc
 
-from shoal import net
+from shoal import net, tls
 from shoal.config import TrackerConfig
 from shoal.exporter import ProcessMetrics
 from shoal.health import Health
@@ -69,6 +69,13 @@ class TrackerServicer(tracker_pb2_grpc.TrackerServicer):
             check_secret(request.peer_secret)
         except ValueError as err:
             await self._refuse(context, "Announce", grpc.StatusCode.INVALID_ARGUMENT, str(err))
+        if not tls.address_allowed(peer.address, tls.proven_ips(context)):
+            await self._refuse(
+                context,
+                "Announce",
+                grpc.StatusCode.PERMISSION_DENIED,
+                f"address {shown(peer.address)} is not one the caller's certificate names",
+            )
         try:
             announced = self._registry.announce_as(peer, holdings, request.peer_secret, request.accepts_secret)
         except RegistryError as err:
@@ -174,6 +181,7 @@ class RunningTracker:
     health: Health
     sweeper: asyncio.Task[None]
     metrics: ProcessMetrics | None = None
+    health_server: grpc.aio.Server | None = None
 
     async def stop(self, grace: float = STOP_GRACE) -> None:
         """Report NOT_SERVING, stop sweeping, and let in-flight calls finish within grace seconds."""
@@ -182,6 +190,8 @@ class RunningTracker:
         with contextlib.suppress(asyncio.CancelledError):
             await self.sweeper
         await self.server.stop(grace)
+        if self.health_server is not None:
+            await self.health_server.stop(None)
         if self.metrics is not None:
             await asyncio.to_thread(self.metrics.stop)
 
@@ -220,10 +230,15 @@ async def start_tracker(
     tracker_pb2_grpc.add_TrackerServicer_to_server(TrackerServicer(registry, cfg), server)
     health = Health([SERVICE_NAME])
     health.attach(server)
-    port = net.bind(server, cfg.listen, "tracker address")
+    transport = tls.Transport(cfg.tls)
+    transport.warn_if_plaintext("tracker")
+    port = transport.bind(server, cfg.listen, "tracker address")
     await server.start()
     sweeper = asyncio.create_task(sweep_leases(registry), name="tracker-lease-sweep")
+    health_server = None
     try:
+        if cfg.health_listen:
+            health_server = await health.serve_plaintext(cfg.health_listen)
         if metrics is not None:
             watch_tracker(metrics, registry)
             metrics.serve()
@@ -231,6 +246,8 @@ async def start_tracker(
     except BaseException:
         sweeper.cancel()
         await server.stop(0)
+        if health_server is not None:
+            await health_server.stop(0)
         if metrics is not None:
             metrics.stop()
         raise
@@ -245,7 +262,7 @@ async def start_tracker(
         MAX_FILES_PER_ANNOUNCE,
         MAX_REQUEST_BYTES,
     )
-    return RunningTracker(port, registry, server, health, sweeper, metrics)
+    return RunningTracker(port, registry, server, health, sweeper, metrics, health_server)
 
 
 async def run_tracker(

@@ -13,6 +13,7 @@ from typing import NoReturn
 
 import grpc
 
+from shoal import tls
 from shoal.tracker.checks import (
     check_secret,
     dropped_from_proto,
@@ -56,6 +57,13 @@ async def hold_session(registry: Registry, context: grpc.aio.ServicerContext, re
             raise ValueError("dropped_file_ids in a session's first update (it carries the full state)")
     except ValueError as err:
         await refuse(context, RPC, grpc.StatusCode.INVALID_ARGUMENT, str(err))
+    if not tls.address_allowed(peer.address, tls.proven_ips(context)):  # as for Announce
+        await refuse(
+            context,
+            RPC,
+            grpc.StatusCode.PERMISSION_DENIED,
+            f"address {shown(peer.address)} is not one the caller's certificate names",
+        )
     try:
         opened = registry.open_session(peer, holdings, first.peer_secret, first.accepts_secret)
     except RegistryError as err:

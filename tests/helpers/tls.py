@@ -1,0 +1,131 @@
+"""Certificate authorities and certificates for TLS tests, made with `cryptography` (no openssl CLI needed)."""
+
+from __future__ import annotations
+
+import datetime
+import ipaddress
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+from shoal import tls
+from shoal.config import TlsFiles
+
+logger = logging.getLogger(__name__)
+
+_DAY = datetime.timedelta(days=1)
+
+
+def _name(common_name: str) -> x509.Name:
+    return x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)])
+
+
+def _pem_key(key: ec.EllipticCurvePrivateKey) -> bytes:
+    return key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    )
+
+
+@dataclass
+class Authority:
+    """A CA that signs certificates for tests; its PEM is written to `ca_path`."""
+
+    key: ec.EllipticCurvePrivateKey
+    cert: x509.Certificate
+    ca_path: Path
+
+    @classmethod
+    def create(cls, directory: Path, name: str = "shoal-test-ca") -> Authority:
+        """A fresh self-signed CA, its certificate written to directory/<name>.pem."""
+        directory.mkdir(parents=True, exist_ok=True)
+        key = ec.generate_private_key(ec.SECP256R1())
+        now = datetime.datetime.now(datetime.UTC)
+        cert = (
+            x509.CertificateBuilder()
+            .subject_name(_name(name))
+            .issuer_name(_name(name))
+            .public_key(key.public_key())
+            .serial_number(x509.random_serial_number())
+            .not_valid_before(now - _DAY)
+            .not_valid_after(now + 30 * _DAY)
+            .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+            .add_extension(
+                x509.KeyUsage(
+                    digital_signature=True,
+                    key_cert_sign=True,
+                    crl_sign=True,
+                    content_commitment=False,
+                    key_encipherment=False,
+                    data_encipherment=False,
+                    key_agreement=False,
+                    encipher_only=False,
+                    decipher_only=False,
+                ),
+                critical=True,
+            )  # fmt: skip
+            .sign(key, hashes.SHA256())
+        )
+        ca_path = directory / f"{name}.pem"
+        ca_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+        return cls(key, cert, ca_path)
+
+    def issue(
+        self,
+        directory: Path,
+        name: str,
+        dns_names: tuple[str, ...] = (tls.TRACKER_NAME, tls.PEER_NAME),
+        cn: str | None = None,
+        ips: tuple[str, ...] = (),
+    ) -> TlsFiles:
+        """A certificate for client and server use with these DNS SANs (CN `cn`, else `name`), as <name>.{crt,key}."""
+        directory.mkdir(parents=True, exist_ok=True)
+        key = ec.generate_private_key(ec.SECP256R1())
+        now = datetime.datetime.now(datetime.UTC)
+        cert = (
+            x509.CertificateBuilder()
+            .subject_name(_name(cn or name))
+            .issuer_name(self.cert.subject)
+            .public_key(key.public_key())
+            .serial_number(x509.random_serial_number())
+            .not_valid_before(now - _DAY)
+            .not_valid_after(now + 30 * _DAY)
+            .add_extension(
+                x509.SubjectAlternativeName(
+                    [*(x509.DNSName(n) for n in dns_names), *(x509.IPAddress(ipaddress.ip_address(ip)) for ip in ips)]
+                ),
+                critical=False,
+            )
+            .add_extension(
+                x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH]),
+                critical=False,
+            )
+            .sign(self.key, hashes.SHA256())
+        )
+        cert_path, key_path = directory / f"{name}.crt", directory / f"{name}.key"
+        write_atomically(cert_path, cert.public_bytes(serialization.Encoding.PEM))
+        write_atomically(key_path, _pem_key(key))
+        return TlsFiles(cert_path, key_path, self.ca_path)
+
+
+def write_atomically(path: Path, data: bytes) -> None:
+    """Replace a file in one rename, as a Secret volume's update does, so a reader never sees half of it."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_bytes(data)
+    os.chmod(tmp, 0o600)
+    os.replace(tmp, path)
+
+
+def pem(files: TlsFiles) -> tuple[bytes, bytes, bytes]:
+    """(cert, key, ca) as bytes, for a raw grpc client's credentials."""
+    return files.cert.read_bytes(), files.key.read_bytes(), files.ca.read_bytes()
+
+
+def tls_args(files: TlsFiles) -> list[str]:
+    """The daemon flags for these files."""
+    return ["--tls-cert", str(files.cert), "--tls-key", str(files.key), "--tls-ca", str(files.ca)]
