@@ -38,6 +38,9 @@ class ScriptedContext:
         self._updates = list(updates)
         self.replies: list[tracker_pb2.SessionReply] = []
 
+    def auth_context(self) -> dict[str, list[bytes]]:
+        return {}  # plaintext: no certificate names the caller
+
     async def read(self) -> object:
         return self._updates.pop(0) if self._updates else EOF
 
