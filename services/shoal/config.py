@@ -256,6 +256,11 @@ DEMO_SIZE = Setting(
     parse=units.parse_size, check=_at_least(0), metavar="SIZE", shown_default="64MiB",
 )  # fmt: skip
 
+S3_ENDPOINT = Setting(
+    "s3_endpoint", "--s3-endpoint", "S3-compatible endpoint URL for s3:// origins", env="S3_ENDPOINT", default="",
+    metavar="URL", shown_default="AWS",
+)  # fmt: skip
+
 GLOBAL = (PEER, LOG_LEVEL, LOG_FORMAT)
 # What each command reads; a variable is parsed only by a command that reads it.
 COMMANDS: dict[str, tuple[Setting, ...]] = {
@@ -265,9 +270,10 @@ COMMANDS: dict[str, tuple[Setting, ...]] = {
         UPLOAD_LIMIT, DOWNLOAD_LIMIT, UPLOAD_SLOTS, MAX_PEERS, REQUESTS_PER_PEER, METRICS_PORT,
     ),
     "put": (PEER, PUT_CHUNK_SIZE),
-    "get": (PEER,),
+    "get": (PEER, S3_ENDPOINT),
+    "preheat": (PEER, S3_ENDPOINT),
     "search": (PEER,),
-    "peers": (PEER,),
+    "peers": (PEER, S3_ENDPOINT),
     "ls": (PEER,),
     "status": (PEER,),
     "demo": (DEMO_PEERS, DEMO_SIZE),

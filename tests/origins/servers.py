@@ -45,6 +45,7 @@ http {{
         location /same/ {{ rewrite ^/same/(.*)$ /$1 redirect; }}
         location /denied/ {{ deny all; }}
         location /cross/ {{ rewrite ^/cross/(.*)$ http://127.0.0.1:{other}/$1 redirect; }}
+        location /slow/ {{ alias {root}/; limit_rate 4m; }}
     }}
     server {{
         listen 127.0.0.1:{https} ssl;

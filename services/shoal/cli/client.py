@@ -69,8 +69,8 @@ async def run(args: argparse.Namespace) -> int:
 
 def check_locally(args: argparse.Namespace) -> None:
     """What can be wrong without asking the daemon (ids, paths) is reported before connecting."""
-    if args.command in ("get", "peers"):
-        args.file_id = _file_id(args.file_id)
+    if args.command in ("get", "peers", "preheat"):
+        _origin_args(args)
     if args.command == "put":
         args.path = Path(args.path).expanduser().absolute()
         if not args.path.exists():
@@ -87,6 +87,38 @@ def check_locally(args: argparse.Namespace) -> None:
                 raise CliError(f"output directory does not exist: {target.parent}", EXIT_NOT_FOUND)
             _refuse_existing(target, args.overwrite)
         args.output = target
+
+
+def _origin_args(args: argparse.Namespace) -> None:
+    """An origin URL goes to args.url (with its --header lines read and checked); an id is checked."""
+    from shoal.origins import InvalidHeader, is_origin_url, parse_headers
+
+    args.url = ""
+    for url in getattr(args, "urls", []):
+        if not is_origin_url(url):
+            raise CliError(f"not an http(s)://, s3:// or oci:// URL: {url[:200]}", EXIT_USAGE)
+    if args.command != "preheat":
+        if is_origin_url(args.file_id):
+            args.url, args.file_id = args.file_id, ""
+        else:
+            args.file_id = _file_id(args.file_id)
+    lines: list[str] = []
+    for header in args.header:
+        if header.startswith("@"):
+            try:
+                lines += Path(header[1:]).expanduser().read_text().splitlines()
+            except OSError as err:
+                raise CliError(f"cannot read headers from {header[1:]}: {err.strerror}", EXIT_USAGE) from None
+        else:
+            lines.append(header)
+    try:
+        parse_headers(lines)
+    except InvalidHeader as err:
+        raise CliError(f"bad --header: {err}", EXIT_USAGE) from None
+    args.header_lines = lines
+    digest = getattr(args, "digest", "")
+    if digest and not (args.url and digest.startswith("sha256:") and len(digest) == 71):
+        raise CliError("--digest takes sha256: and 64 hex digits, with a URL", EXIT_USAGE)
 
 
 def _file_id(text: str) -> str:
@@ -151,6 +183,9 @@ async def get(stub: control_pb2_grpc.ControlStub, args: argparse.Namespace) -> i
     file_id, target, into_dir = args.file_id, args.output, args.into_dir
     # Into a directory, the name is known only from the manifest: download into the store, then export.
     request = control_pb2.GetRequest(file_id=file_id, output="" if into_dir else str(target))
+    if args.url:
+        request.url, request.digest, request.s3_endpoint = args.url, args.digest.lower(), args.s3_endpoint
+        request.headers.extend(args.header_lines)
     dest: Path | None = None if into_dir else target
     watcher = _Watcher(args.json)
     final = None
@@ -169,7 +204,7 @@ async def get(stub: control_pb2_grpc.ControlStub, args: argparse.Namespace) -> i
     if final is None or dest is None:
         raise CliError("download ended without a result")
     if into_dir:
-        async for _ in stub.Get(control_pb2.GetRequest(file_id=file_id, output=str(dest))):
+        async for _ in stub.Get(control_pb2.GetRequest(file_id=final.file.file_id, output=str(dest))):
             pass
     if args.json:
         output.print_json_line(output.summary_data(final, dest))
@@ -194,7 +229,9 @@ async def search(stub: control_pb2_grpc.ControlStub, args: argparse.Namespace) -
 
 async def peers(stub: control_pb2_grpc.ControlStub, args: argparse.Namespace) -> int:
     """Live peers holding a file; exit 4 when none does."""
-    reply = await stub.Peers(control_pb2.PeersRequest(file_id=args.file_id))
+    request = control_pb2.PeersRequest(file_id=args.file_id, url=args.url, s3_endpoint=args.s3_endpoint)
+    request.headers.extend(args.header_lines)
+    reply = await stub.Peers(request)
     if args.json:
         output.print_json(reply)
     else:
@@ -203,7 +240,29 @@ async def peers(stub: control_pb2_grpc.ControlStub, args: argparse.Namespace) ->
             state = "complete" if holder.complete else "partial"
             print(f"{holder.peer.peer_id}  {holder.peer.address}  {state}{zone}")
     if not reply.holders:
-        raise CliError(f"no live peer holds {args.file_id}", EXIT_NOT_FOUND)
+        raise CliError(f"no live peer holds {args.url or args.file_id}", EXIT_NOT_FOUND)
+    return 0
+
+
+async def preheat(stub: control_pb2_grpc.ControlStub, args: argparse.Namespace) -> int:
+    """Import every URL through this peer (once, swarm-wide), all at once; one line per URL when held."""
+
+    async def one(url: str) -> control_pb2.GetProgress:
+        request = control_pb2.GetRequest(url=url, s3_endpoint=args.s3_endpoint)
+        request.headers.extend(args.header_lines)
+        final = None
+        async for progress in stub.Get(request):
+            if progress.done:
+                final = progress
+        if final is None:
+            raise CliError(f"{url}: preheat ended without a result")
+        return final
+
+    for url, final in zip(args.urls, await asyncio.gather(*(one(url) for url in args.urls)), strict=True):
+        if args.json:
+            output.print_json_line({"url": url, **output.plain(final.file)})
+        else:
+            print(f"{final.file.file_id}  {format_size(final.file.size):>10}  {url}")
     return 0
 
 
@@ -215,7 +274,8 @@ async def ls(stub: control_pb2_grpc.ControlStub, args: argparse.Namespace) -> in
         return 0
     for local in reply.files:
         state = "complete" if local.complete else f"{local.chunks_done}/{local.chunks_total} chunks"
-        print(f"{local.file.file_id}  {format_size(local.file.size):>10}  {local.file.name}  {state}")
+        origin = f"  {local.url}" if local.url else ""
+        print(f"{local.file.file_id}  {format_size(local.file.size):>10}  {local.file.name}  {state}{origin}")
     return 0
 
 
@@ -241,5 +301,6 @@ COMMANDS: dict[str, Callable[[control_pb2_grpc.ControlStub, argparse.Namespace],
     "search": search,
     "peers": peers,
     "ls": ls,
+    "preheat": preheat,
     "status": status,
 }

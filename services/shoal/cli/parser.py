@@ -35,8 +35,14 @@ COMMANDS: dict[str, tuple[str, str]] = {
     ),
     "put": ("publish a file; prints its id last", "shoal put ./model.bin --name model-v2.bin --chunk-size 4MiB"),
     "get": (
-        "download a file by id",
-        "shoal get ID -o ./model.bin\n  shoal get ID -o /models/ --overwrite\n  shoal --json get ID -o out.bin | jq .",
+        "download a file by id, or an origin URL through the swarm",
+        "shoal get ID -o ./model.bin\n  shoal get ID -o /models/ --overwrite\n  shoal --json get ID -o out.bin | jq .\n"
+        "  shoal get https://models.example/m.bin -o /models/ --header @/etc/shoal/headers\n"
+        "  shoal get s3://bucket/m.bin -o m.bin --s3-endpoint http://minio:9000 --digest sha256:HEX",
+    ),
+    "preheat": (
+        "import origin URLs into the swarm ahead of time; returns when every one is held",
+        "shoal preheat https://models.example/m.bin oci://registry:5000/team/model@sha256:HEX",
     ),
     "search": ("find files by name", "shoal search model"),
     "peers": ("live peers holding a file", "shoal peers ID"),
@@ -108,6 +114,18 @@ def _sub(sub: Any, name: str, common: argparse.ArgumentParser) -> argparse.Argum
     return parser
 
 
+HEADER_HELP = "request header for http(s) origins, repeatable; @FILE reads 'Name: value' lines (never logged)"
+
+
+def _origin_flags(parser: argparse.ArgumentParser, *, digest: bool = True) -> None:
+    """--header and --digest, for commands that take origin URLs."""
+    parser.add_argument("--header", "-H", action="append", default=[], metavar="'NAME: VALUE'|@FILE", help=HEADER_HELP)
+    if digest:
+        parser.add_argument(
+            "--digest", default="", metavar="sha256:HEX", help="the whole file must match this digest (URLs only)"
+        )
+
+
 def build_parser() -> argparse.ArgumentParser:
     """Every command and flag; values stay text here, config.resolve reads and checks them."""
     parser = argparse.ArgumentParser(
@@ -130,7 +148,12 @@ def build_parser() -> argparse.ArgumentParser:
     put.add_argument("--name", default=None, help="name to publish under (default: the file's base name)")
 
     get = _sub(sub, "get", client)
-    get.add_argument("file_id", metavar="ID", help="the file id, 64 hex characters, as `put` or `search` printed it")
+    get.add_argument(
+        "file_id",
+        metavar="ID|URL",
+        help="the file id, 64 hex characters, as `put` or `search` printed it; or an http(s)://, s3:// or oci:// URL",
+    )
+    _origin_flags(get)
     get.add_argument(
         "--output",
         "-o",
@@ -142,7 +165,12 @@ def build_parser() -> argparse.ArgumentParser:
     get.epilog = (get.epilog or "") + "\n\nwith --json: one JSON object per progress message, the summary last"
 
     _sub(sub, "search", client).add_argument("term", metavar="TERM", help="case-insensitive part of the file name")
-    _sub(sub, "peers", client).add_argument("file_id", metavar="ID", help="the file id, 64 hex characters")
+    peers = _sub(sub, "peers", client)
+    peers.add_argument("file_id", metavar="ID|URL", help="the file id, 64 hex characters, or an origin URL")
+    peers.add_argument("--header", "-H", action="append", default=[], metavar="'NAME: VALUE'|@FILE", help=HEADER_HELP)
+    preheat = _sub(sub, "preheat", client)
+    preheat.add_argument("urls", nargs="+", metavar="URL", help="http(s)://, s3:// or oci:// URLs to import")
+    _origin_flags(preheat, digest=False)
     _sub(sub, "ls", client)
     _sub(sub, "status", client)
 

@@ -12,9 +12,21 @@ from typing import NoReturn
 import grpc
 
 from shoal import content
+from shoal.origins import (
+    InvalidHeader,
+    OriginDenied,
+    OriginError,
+    OriginNotFound,
+    OriginOptions,
+    OriginUnavailable,
+    UnsupportedOrigin,
+    parse_headers,
+)
 from shoal.peer.downloads import Downloads
 from shoal.peer.errors import DownloadError, NoHolders, TrackersUnavailable
+from shoal.peer.imports import OriginImports, Progress
 from shoal.peer.node import Node
+from shoal.peer.progress import verified_bytes
 from shoal.peer.swarm import Download
 from shoal.peer.trackers import TrackerClient
 from shoal.store import DiskFull, StoreError, check_output, check_source
@@ -27,8 +39,12 @@ PROGRESS_EVERY = 0.2
 
 async def _fail(context: grpc.aio.ServicerContext, err: Exception) -> NoReturn:
     """Turn a domain error into a gRPC status with a clear message."""
-    if isinstance(err, content.ContentError):
+    if isinstance(err, (content.ContentError, UnsupportedOrigin, InvalidHeader)):
         code = grpc.StatusCode.INVALID_ARGUMENT
+    elif isinstance(err, (OriginNotFound, OriginDenied)):
+        code = grpc.StatusCode.NOT_FOUND  # exit 4 with the origin's status in the one line
+    elif isinstance(err, OriginUnavailable):
+        code = grpc.StatusCode.UNAVAILABLE
     elif isinstance(err, NoHolders):
         code = grpc.StatusCode.NOT_FOUND
     elif isinstance(err, TrackersUnavailable):
@@ -50,10 +66,13 @@ def _absolute(path: str, what: str) -> Path:
 class ControlServicer(control_pb2_grpc.ControlServicer):
     """Put, get, search, peers, ls and status for the local CLI."""
 
-    def __init__(self, node: Node, downloads: Downloads, trackers: TrackerClient) -> None:
+    def __init__(
+        self, node: Node, downloads: Downloads, trackers: TrackerClient, imports: OriginImports | None = None
+    ) -> None:
         self._node = node
         self._downloads = downloads
         self._trackers = trackers
+        self._imports = imports
 
     async def Put(self, request: control_pb2.PutRequest, context: grpc.aio.ServicerContext) -> control_pb2.PutResponse:
         node = self._node
@@ -72,6 +91,10 @@ class ControlServicer(control_pb2_grpc.ControlServicer):
     async def Get(
         self, request: control_pb2.GetRequest, context: grpc.aio.ServicerContext
     ) -> AsyncIterator[control_pb2.GetProgress]:
+        if request.url:
+            async for message in self._get_url(request, context):
+                yield message
+            return
         downloads = self._downloads
         try:
             file_id = content.parse_file_id(request.file_id)
@@ -102,6 +125,51 @@ class ControlServicer(control_pb2_grpc.ControlServicer):
         final = self._progress(download, done=True)
         final.seconds = time.monotonic() - started
         yield final
+
+    async def _get_url(
+        self, request: control_pb2.GetRequest, context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[control_pb2.GetProgress]:
+        """Get an origin URL through the swarm (peer.imports); the output appears only once it is verified."""
+        imports = self._imports
+        if imports is None:
+            await context.abort(grpc.StatusCode.UNIMPLEMENTED, "this daemon does not get origin URLs")
+        try:
+            output = _absolute(request.output, "output") if request.output else None
+            if output is not None:
+                await asyncio.to_thread(check_output, output)
+            options = OriginOptions(
+                headers=parse_headers(request.headers),
+                expected_digest=request.digest or None,
+                s3_endpoint=request.s3_endpoint or None,
+            )
+        except (content.ContentError, StoreError, InvalidHeader) as err:
+            await _fail(context, err)
+        started = time.monotonic()
+        progress = Progress(request.url)
+        task = imports.get(request.url, options, progress)
+        while not task.done():
+            yield self._url_progress(progress)
+            await asyncio.wait([task], timeout=PROGRESS_EVERY)
+        try:
+            entry = task.result()
+            if output is not None:
+                await asyncio.to_thread(self._node.store.export, entry, output)
+        except (OriginError, DownloadError, StoreError, TrackersUnavailable) as err:
+            await _fail(context, err)
+        final = control_pb2.GetProgress(
+            file=entry.info, done=True, done_bytes=entry.manifest.size, total_bytes=entry.manifest.size
+        )
+        final.sources.CopyFrom(control_pb2.SourceShare())
+        final.seconds = time.monotonic() - started
+        yield final
+
+    def _url_progress(self, progress: Progress) -> control_pb2.GetProgress:
+        message = control_pb2.GetProgress(done_bytes=progress.done_bytes, total_bytes=progress.total_bytes)
+        entry = self._node.store.get(progress.file_id) if progress.file_id else None
+        if entry is not None:
+            message.file.CopyFrom(entry.info)
+            message.done_bytes = verified_bytes(entry)
+        return message
 
     @staticmethod
     def _progress(download: Download, *, done: bool) -> control_pb2.GetProgress:
@@ -137,9 +205,13 @@ class ControlServicer(control_pb2_grpc.ControlServicer):
         self, request: control_pb2.PeersRequest, context: grpc.aio.ServicerContext
     ) -> control_pb2.PeersResponse:
         try:
-            file_id = content.parse_file_id(request.file_id)
+            if request.url and self._imports is not None:
+                options = OriginOptions(headers=parse_headers(request.headers), s3_endpoint=request.s3_endpoint or None)
+                _, file_id = await self._imports.stat(request.url, options)  # the URL key of its current version
+            else:
+                file_id = content.parse_file_id(request.file_id)
             holders = await self._trackers.holders(file_id)
-        except (content.ContentError, TrackersUnavailable) as err:
+        except (content.ContentError, TrackersUnavailable, OriginError, InvalidHeader) as err:
             await _fail(context, err)
         return control_pb2.PeersResponse(holders=holders)
 
@@ -152,6 +224,7 @@ class ControlServicer(control_pb2_grpc.ControlServicer):
                 complete=entry.complete,
                 chunks_done=entry.have.count,
                 chunks_total=entry.have.size,
+                url=self._imports.url_of(entry.file_id) if self._imports is not None else "",
             )
             for entry in sorted(self._node.store.entries(), key=lambda e: (e.manifest.name, e.file_id))
         ]

@@ -22,6 +22,7 @@ from shoal.health import Health
 from shoal.peer.control import ControlServicer
 from shoal.peer.credentials import TrackerSecrets
 from shoal.peer.downloads import Downloads
+from shoal.peer.imports import OriginImports, origin_bytes_counter
 from shoal.peer.links import LinkPool
 from shoal.peer.metrics import watch_peer
 from shoal.peer.node import Node
@@ -29,8 +30,8 @@ from shoal.peer.server import PeerServicer, add_to_server
 from shoal.peer.swarm import Download
 from shoal.peer.trackers import TrackerClient, held_files
 from shoal.peer.uploads import Uploads
-from shoal.store import Store
-from shoal.v1 import control_pb2_grpc
+from shoal.store import Entry, Store
+from shoal.v1 import common_pb2, control_pb2_grpc
 from shoal.zone import detect_zone
 
 logger = logging.getLogger(__name__)
@@ -74,6 +75,7 @@ class PeerDaemon:
         self.trackers: TrackerClient
         self.uploads: Uploads
         self.downloads: Downloads
+        self.imports: OriginImports
         self.port = 0
         self.health = Health([SERVICE_NAME])
         self.metrics = ProcessMetrics(config.metrics_port) if config.metrics_port is not None else None
@@ -97,7 +99,7 @@ class PeerDaemon:
         node, store = self.node, self.store
         trackers = self.trackers = TrackerClient(
             node.info,
-            lambda: held_files(store.entries()),
+            lambda: held_files(store.entries()) + self.imports.held(),
             self.config.trackers,
             TrackerSecrets(store.root),
             self.config.tracker_refresh,
@@ -109,11 +111,21 @@ class PeerDaemon:
             return Download(node, trackers, self.links, file_id, output, announce_soon=announce_soon)
 
         self.downloads = Downloads(node, make, announce_soon)
+
+        async def fetch(file_id: str, holders: list[common_pb2.PeerInfo]) -> Entry:
+            return await self.downloads.start(file_id, "")[1]
+
+        count = origin_bytes_counter(self.metrics.registry if self.metrics is not None else None)
+        self.imports = OriginImports(node, trackers, self.links, fetch, announce_soon, count)
+        await asyncio.to_thread(self.imports.load)
         if self.metrics is not None:
             watch_peer(self.metrics, node, lambda: len(self.downloads))
-        add_to_server(PeerServicer(node, self.uploads, self.downloads), self._peer_server)
+        add_to_server(
+            PeerServicer(node, self.uploads, self.downloads, self.imports.resolve, self.imports.read_chunk),
+            self._peer_server,
+        )
         self.health.attach(self._peer_server)
-        control = ControlServicer(node, self.downloads, trackers)
+        control = ControlServicer(node, self.downloads, trackers, self.imports)
         control_pb2_grpc.add_ControlServicer_to_server(control, self._control_server)
         if control_address.startswith("unix:"):
             path = Path(control_address.removeprefix("unix:"))

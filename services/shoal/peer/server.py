@@ -7,6 +7,7 @@ Thin: each handler validates, calls domain code (`Node`, `Uploads`, the running 
 from __future__ import annotations
 
 import logging
+from collections.abc import Awaitable, Callable
 from typing import Protocol
 
 import grpc
@@ -48,18 +49,39 @@ async def _entry(node: Node, file_id: str, context: grpc.aio.ServicerContext) ->
 class PeerServicer:
     """Serves what this peer holds; every answer is checked by the caller against the file id."""
 
-    def __init__(self, node: Node, uploads: Uploads, swarms: Swarms) -> None:
+    def __init__(
+        self,
+        node: Node,
+        uploads: Uploads,
+        swarms: Swarms,
+        aliases: Callable[[str], str | None] | None = None,
+        origin_chunks: Callable[[str, int], Awaitable[bytes | None]] | None = None,
+    ) -> None:
         self._node = node
         self._uploads = uploads
         self._swarms = swarms
+        self._aliases = aliases  # origin URL key -> the file id it resolved to here (peer.imports)
+        self._origin_chunks = origin_chunks  # (URL key, index) -> a chunk of its part file (peer.imports)
 
     async def GetManifest(
         self, request: peer_pb2.GetManifestRequest, context: grpc.aio.ServicerContext
     ) -> peer_pb2.GetManifestResponse:
-        entry = await _entry(self._node, request.file_id, context)
+        file_id = request.file_id
+        if self._aliases is not None:
+            file_id = self._aliases(file_id) or file_id
+        entry = await _entry(self._node, file_id, context)
         return peer_pb2.GetManifestResponse(manifest=entry.manifest)
 
     async def GetChunk(self, request: peer_pb2.GetChunkRequest, context: grpc.aio.ServicerContext) -> ChunkReply:
+        if self._origin_chunks is not None and self._node.store.get(request.file_id) is None:
+            try:
+                data = await self._origin_chunks(request.file_id, request.index)
+            except (StoreError, OSError) as err:
+                logger.warning("cannot read chunk %d of URL key %s: %s", request.index, request.file_id[:12], err)
+                data = None
+            if data is not None:
+                self._node.stats.uploaded_bytes += len(data)
+                return ChunkReply(data=data, source_complete=False, bitfield=b"")
         entry = await _entry(self._node, request.file_id, context)
         nchunks = len(entry.manifest.chunk_sha256)
         if request.index >= nchunks:
