@@ -16,7 +16,7 @@ from helpers.cli import command, ok, shoal, shoal_json
 from helpers.files import make_file, sha256_of
 from helpers.polling import wait_until
 from helpers.processes import running_swarm, start_peers
-from origins.servers import Nginx
+from origins.servers import NGINX, Nginx, free_port, start
 
 from shoal.localswarm import LocalSwarm, Proc
 
@@ -175,3 +175,46 @@ def test_digest_mismatch_and_missing_files(nginx: Nginx, swarm: LocalSwarm, tmp_
     denied = shoal(swarm, peer, "get", nginx.url("denied/d.bin"), "-o", str(tmp_path / "y.bin"))
     assert denied.returncode == 4 and "status 403" in denied.stderr, denied.stderr
     assert not (tmp_path / "x.bin").exists() and not (tmp_path / "y.bin").exists()
+
+
+PLAIN_NGINX = """\
+daemon off;
+master_process off;
+worker_processes 1;
+error_log {prefix}/error.log warn;
+pid {prefix}/nginx.pid;
+events {{ worker_connections 64; }}
+http {{
+    access_log {prefix}/access.log;
+    client_body_temp_path {prefix}/body;
+    proxy_temp_path {prefix}/proxy;
+    fastcgi_temp_path {prefix}/fastcgi;
+    uwsgi_temp_path {prefix}/uwsgi;
+    scgi_temp_path {prefix}/scgi;
+    server {{ listen 127.0.0.1:{port}; root {root}; }}
+}}
+"""
+
+
+def test_preheat_then_origin_down(swarm: LocalSwarm, tmp_path: Path) -> None:
+    root, prefix = tmp_path / "www", tmp_path / "nginx"
+    root.mkdir()
+    prefix.mkdir()
+    port = free_port()
+    (prefix / "nginx.conf").write_text(PLAIN_NGINX.format(prefix=prefix, root=root, port=port))
+    argv = [NGINX, "-e", str(prefix / "error.log"), "-p", str(prefix), "-c", str(prefix / "nginx.conf")]
+    origin = start(argv, prefix / "stdout.log", port, "nginx")
+    url = f"http://127.0.0.1:{port}/preheated.bin"
+    try:
+        digest = make_file(root / "preheated.bin", 6 * 1024 * 1024 + 7)
+        peers = [*start_peers(swarm, 2, "--zone", "zone-a"), *start_peers(swarm, 2, "--zone", "zone-b")]
+        out = ok(shoal(swarm, peers[0], "preheat", url, "--replicas", "2"))
+        assert "(2 peers in zones zone-a,zone-b)" in out, out
+    finally:
+        origin.stop()
+    fresh = swarm.start_peer()
+    ok(shoal(swarm, fresh, "get", url, "-o", str(tmp_path / "fresh.bin")))
+    assert sha256_of(tmp_path / "fresh.bin") == digest
+    # With the origin down and no copy in the swarm, the get fails at once with the origin's failure.
+    missing = shoal(swarm, fresh, "get", f"http://127.0.0.1:{port}/other.bin", "-o", str(tmp_path / "o.bin"))
+    assert missing.returncode != 0 and not (tmp_path / "o.bin").exists()

@@ -94,6 +94,8 @@ def _origin_args(args: argparse.Namespace) -> None:
     from shoal.origins import InvalidHeader, is_origin_url, parse_headers
 
     args.url = ""
+    if getattr(args, "replicas", 1) < 1:
+        raise CliError("--replicas must be at least 1", EXIT_USAGE)
     for url in getattr(args, "urls", []):
         if not is_origin_url(url):
             raise CliError(f"not an http(s)://, s3:// or oci:// URL: {url[:200]}", EXIT_USAGE)
@@ -245,24 +247,25 @@ async def peers(stub: control_pb2_grpc.ControlStub, args: argparse.Namespace) ->
 
 
 async def preheat(stub: control_pb2_grpc.ControlStub, args: argparse.Namespace) -> int:
-    """Import every URL through this peer (once, swarm-wide), all at once; one line per URL when held."""
+    """Import every URL into the swarm (once each, all at once) onto --replicas peers; one line per URL when held."""
 
-    async def one(url: str) -> control_pb2.GetProgress:
-        request = control_pb2.GetRequest(url=url, s3_endpoint=args.s3_endpoint)
+    async def one(url: str) -> control_pb2.PreheatResponse:
+        request = control_pb2.PreheatRequest(url=url, s3_endpoint=args.s3_endpoint, replicas=args.replicas)
         request.headers.extend(args.header_lines)
-        final = None
-        async for progress in stub.Get(request):
-            if progress.done:
-                final = progress
-        if final is None:
-            raise CliError(f"{url}: preheat ended without a result")
-        return final
+        reply: control_pb2.PreheatResponse = await stub.Preheat(request)
+        return reply
 
-    for url, final in zip(args.urls, await asyncio.gather(*(one(url) for url in args.urls)), strict=True):
+    replies = await asyncio.gather(*(one(url) for url in args.urls))
+    for url, reply in zip(args.urls, replies, strict=True):
         if args.json:
-            output.print_json_line({"url": url, **output.plain(final.file)})
+            output.print_json_line({"url": url, **output.plain(reply)})
         else:
-            print(f"{final.file.file_id}  {format_size(final.file.size):>10}  {url}")
+            zones = sorted({p.zone for p in reply.peers if p.zone})
+            where = f" in zones {','.join(zones)}" if zones else ""
+            print(f"{reply.file.file_id}  {format_size(reply.file.size):>10}  {url}  ({len(reply.peers)} peers{where})")
+    short = [url for url, reply in zip(args.urls, replies, strict=True) if len(reply.peers) < args.replicas]
+    if short:
+        raise CliError(f"fewer than {args.replicas} peers hold {', '.join(short)}")
     return 0
 
 

@@ -171,6 +171,9 @@ def build_parser() -> argparse.ArgumentParser:
     preheat = _sub(sub, "preheat", client)
     preheat.add_argument("urls", nargs="+", metavar="URL", help="http(s)://, s3:// or oci:// URLs to import")
     _origin_flags(preheat, digest=False)
+    preheat.add_argument(
+        "--replicas", type=int, default=1, metavar="N", help="peers that should hold each file, spread over zones"
+    )
     _sub(sub, "ls", client)
     _sub(sub, "status", client)
 

@@ -171,6 +171,24 @@ class ControlServicer(control_pb2_grpc.ControlServicer):
             message.done_bytes = verified_bytes(entry)
         return message
 
+    async def Preheat(
+        self, request: control_pb2.PreheatRequest, context: grpc.aio.ServicerContext
+    ) -> control_pb2.PreheatResponse:
+        imports = self._imports
+        if imports is None:
+            await context.abort(grpc.StatusCode.UNIMPLEMENTED, "this daemon does not get origin URLs")
+        try:
+            options = OriginOptions(
+                headers=parse_headers(request.headers),
+                expected_digest=request.digest or None,
+                s3_endpoint=request.s3_endpoint or None,
+            )
+            entry, peers = await imports.preheat(request.url, options, max(1, request.replicas))
+        except (OriginError, DownloadError, StoreError, TrackersUnavailable, InvalidHeader) as err:
+            await _fail(context, err)
+        logger.info("preheated %s as %s on %d peers", entry.file_id, request.url[:200], len(peers))
+        return control_pb2.PreheatResponse(file=entry.info, peers=peers)
+
     @staticmethod
     def _progress(download: Download, *, done: bool) -> control_pb2.GetProgress:
         progress = control_pb2.GetProgress(done=done, done_bytes=download.done_bytes)

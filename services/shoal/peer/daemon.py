@@ -121,7 +121,7 @@ class PeerDaemon:
         if self.metrics is not None:
             watch_peer(self.metrics, node, lambda: len(self.downloads))
         add_to_server(
-            PeerServicer(node, self.uploads, self.downloads, self.imports.resolve, self.imports.read_chunk),
+            PeerServicer(node, self.uploads, self.downloads, self.imports),
             self._peer_server,
         )
         self.health.attach(self._peer_server)

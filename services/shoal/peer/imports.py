@@ -45,6 +45,7 @@ from shoal.peer.errors import DownloadError, LinkError, TrackersUnavailable
 from shoal.peer.node import Node
 from shoal.peer.parts import PartFile
 from shoal.peer.ports import HolderLookup
+from shoal.peer.preheat import spread
 from shoal.peer.wire import ChunkReply
 from shoal.store import Entry
 from shoal.v1 import common_pb2, tracker_pb2
@@ -72,12 +73,20 @@ class OriginLink(Protocol):
         """One chunk of a part file (or of the file the key resolved to)."""
         ...
 
+    async def replicate_to(self, file_id: str, url_key: str, url: str, timeout: float) -> common_pb2.FileInfo:
+        """Have that peer download a file (preheat)."""
+        ...
+
 
 class UrlTrackers(HolderLookup, Protocol):
     """The trackers as the importer uses them: holders of a key, and a name search for the offline fallback."""
 
     async def search(self, term: str) -> list[tracker_pb2.SearchFileResult]:
         """Files whose name contains the term."""
+        ...
+
+    async def live_peers(self) -> list[common_pb2.PeerInfo]:
+        """Every live peer."""
         ...
 
 
@@ -371,6 +380,33 @@ class OriginImports:
         if entry is None:
             raise err
         return entry
+
+    async def preheat(self, url: str, options: OriginOptions, replicas: int) -> tuple[Entry, list[common_pb2.PeerInfo]]:
+        """Get the URL here (one origin fetch swarm-wide), then have `replicas` peers hold it, spread over zones."""
+        entry = await self.get(url, options, Progress(url))
+        key = self.key_of(entry.file_id)
+        peers = await spread(
+            self._node.info, self._trackers, self._links, entry.file_id, key, self.url_of(entry.file_id), replicas
+        )
+        return entry, peers
+
+    async def replicate(self, file_id: str, url_key: str, url: str) -> Entry:
+        """Download a file from the swarm (another peer's preheat) and remember the URL version it stands for."""
+        entry = self._node.store.get(file_id)
+        if entry is None or not entry.complete:
+            me = self._node.peer_id
+            holders = [h.peer for h in await self._trackers.holders(file_id) if h.peer.peer_id != me]
+            self._node.learn(file_id, holders)
+            entry = await self._fetch(file_id, holders)
+        if url_key:
+            self._resolved[url_key] = (url, file_id, entry.manifest.size)
+            self._save()
+            self._announce_soon()
+        return entry
+
+    def key_of(self, file_id: str) -> str:
+        """The URL key a held file resolved from, or ''."""
+        return next((key for key, (_, fid, _) in self._resolved.items() if fid == file_id), "")
 
     def _remember(self, key: str, file: OriginFile, file_id: str) -> None:
         self._resolved[key] = (file.url, file_id, file.size)

@@ -7,13 +7,12 @@ Thin: each handler validates, calls domain code (`Node`, `Uploads`, the running 
 from __future__ import annotations
 
 import logging
-from collections.abc import Awaitable, Callable
 from typing import Protocol
 
 import grpc
 
 from shoal import content
-from shoal.peer.errors import Busy, Corrupt, Draining, NotHeld
+from shoal.peer.errors import Busy, Corrupt, DownloadError, Draining, NoHolders, NotHeld, TrackersUnavailable
 from shoal.peer.node import Node
 from shoal.peer.uploads import Uploads
 from shoal.peer.wire import SERVICE, ChunkReply, encode
@@ -46,6 +45,22 @@ async def _entry(node: Node, file_id: str, context: grpc.aio.ServicerContext) ->
     return entry
 
 
+class OriginService(Protocol):
+    """Origin URL keys as this peer serves them (peer.imports.OriginImports)."""
+
+    def resolve(self, key: str) -> str | None:
+        """The file id a URL key resolved to here, if held complete."""
+        ...
+
+    async def read_chunk(self, key: str, index: int) -> bytes | None:
+        """A chunk of the URL key's part file (or resolved file), if here."""
+        ...
+
+    async def replicate(self, file_id: str, url_key: str, url: str) -> Entry:
+        """Download the file from the swarm and remember the URL version it stands for."""
+        ...
+
+
 class PeerServicer:
     """Serves what this peer holds; every answer is checked by the caller against the file id."""
 
@@ -54,28 +69,26 @@ class PeerServicer:
         node: Node,
         uploads: Uploads,
         swarms: Swarms,
-        aliases: Callable[[str], str | None] | None = None,
-        origin_chunks: Callable[[str, int], Awaitable[bytes | None]] | None = None,
+        origins: OriginService | None = None,
     ) -> None:
         self._node = node
         self._uploads = uploads
         self._swarms = swarms
-        self._aliases = aliases  # origin URL key -> the file id it resolved to here (peer.imports)
-        self._origin_chunks = origin_chunks  # (URL key, index) -> a chunk of its part file (peer.imports)
+        self._origins = origins
 
     async def GetManifest(
         self, request: peer_pb2.GetManifestRequest, context: grpc.aio.ServicerContext
     ) -> peer_pb2.GetManifestResponse:
         file_id = request.file_id
-        if self._aliases is not None:
-            file_id = self._aliases(file_id) or file_id
+        if self._origins is not None:
+            file_id = self._origins.resolve(file_id) or file_id
         entry = await _entry(self._node, file_id, context)
         return peer_pb2.GetManifestResponse(manifest=entry.manifest)
 
     async def GetChunk(self, request: peer_pb2.GetChunkRequest, context: grpc.aio.ServicerContext) -> ChunkReply:
-        if self._origin_chunks is not None and self._node.store.get(request.file_id) is None:
+        if self._origins is not None and self._node.store.get(request.file_id) is None:
             try:
-                data = await self._origin_chunks(request.file_id, request.index)
+                data = await self._origins.read_chunk(request.file_id, request.index)
             except (StoreError, OSError) as err:
                 logger.warning("cannot read chunk %d of URL key %s: %s", request.index, request.file_id[:12], err)
                 data = None
@@ -128,6 +141,24 @@ class PeerServicer:
             known=node.sample_known(entry.file_id),
         )
 
+    async def Replicate(
+        self, request: peer_pb2.ReplicateRequest, context: grpc.aio.ServicerContext
+    ) -> peer_pb2.ReplicateResponse:
+        if self._origins is None:
+            await context.abort(grpc.StatusCode.UNIMPLEMENTED, "this peer does not replicate")
+        try:
+            file_id = content.parse_file_id(request.file_id)
+            key = content.parse_file_id(request.url_key) if request.url_key else ""
+        except content.ContentError as err:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(err))
+        try:
+            entry = await self._origins.replicate(file_id, key, request.url[:2048])
+        except NoHolders as err:
+            await context.abort(grpc.StatusCode.NOT_FOUND, str(err))
+        except (DownloadError, StoreError, TrackersUnavailable) as err:
+            await context.abort(grpc.StatusCode.FAILED_PRECONDITION, str(err))
+        return peer_pb2.ReplicateResponse(file=entry.info)
+
 
 def add_to_server(servicer: PeerServicer, server: grpc.aio.Server) -> None:
     """Register the Peer service; GetChunk replies are framed by `wire` (same bytes, fewer copies)."""
@@ -136,6 +167,11 @@ def add_to_server(servicer: PeerServicer, server: grpc.aio.Server) -> None:
             servicer.GetManifest,
             request_deserializer=peer_pb2.GetManifestRequest.FromString,
             response_serializer=peer_pb2.GetManifestResponse.SerializeToString,
+        ),
+        "Replicate": grpc.unary_unary_rpc_method_handler(
+            servicer.Replicate,
+            request_deserializer=peer_pb2.ReplicateRequest.FromString,
+            response_serializer=peer_pb2.ReplicateResponse.SerializeToString,
         ),
         "GetChunk": grpc.unary_unary_rpc_method_handler(
             servicer.GetChunk,

@@ -86,6 +86,76 @@ LOCAL_FILE_STATE_STOPPED: LocalFileState.ValueType  # 4
 Global___LocalFileState: _TypeAlias = LocalFileState  # noqa: Y015
 
 @_typing.final
+class PreheatRequest(_message.Message):
+    """PreheatRequest names an origin URL to import ahead of time."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    URL_FIELD_NUMBER: _builtins.int
+    HEADERS_FIELD_NUMBER: _builtins.int
+    S3_ENDPOINT_FIELD_NUMBER: _builtins.int
+    REPLICAS_FIELD_NUMBER: _builtins.int
+    DIGEST_FIELD_NUMBER: _builtins.int
+    url: _builtins.str
+    """The origin URL (http, https, s3 or oci)."""
+    s3_endpoint: _builtins.str
+    """S3-compatible endpoint URL for s3:// origins."""
+    replicas: _builtins.int
+    """Peers that should hold the file, this one included; 0 means 1."""
+    digest: _builtins.str
+    """The digest the whole file must match, as in GetRequest.digest."""
+    @_builtins.property
+    def headers(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Request headers for an http(s) origin, as in GetRequest.headers; never logged."""
+
+    def __init__(
+        self,
+        *,
+        url: _builtins.str = ...,
+        headers: _abc.Iterable[_builtins.str] | None = ...,
+        s3_endpoint: _builtins.str = ...,
+        replicas: _builtins.int = ...,
+        digest: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["digest", b"digest", "headers", b"headers", "replicas", b"replicas", "s3_endpoint", b"s3_endpoint", "url", b"url"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___PreheatRequest: _TypeAlias = PreheatRequest  # noqa: Y015
+
+@_typing.final
+class PreheatResponse(_message.Message):
+    """PreheatResponse says where the file now is."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    FILE_FIELD_NUMBER: _builtins.int
+    PEERS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def file(self) -> _common_pb2.FileInfo:
+        """The imported file."""
+
+    @_builtins.property
+    def peers(self) -> _containers.RepeatedCompositeFieldContainer[_common_pb2.PeerInfo]:
+        """The peers holding it because of this preheat, this one first."""
+
+    def __init__(
+        self,
+        *,
+        file: _common_pb2.FileInfo | None = ...,
+        peers: _abc.Iterable[_common_pb2.PeerInfo] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["file", b"file"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["file", b"file", "peers", b"peers"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___PreheatResponse: _TypeAlias = PreheatResponse  # noqa: Y015
+
+@_typing.final
 class PutRequest(_message.Message):
     """PutRequest names a local file to publish."""
 
