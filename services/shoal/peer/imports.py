@@ -17,16 +17,12 @@ arrives at the same R; a digest (oci:// or --digest) is checked before that.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import hashlib
-import json
 import logging
-import os
 import random
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import PurePosixPath
-from typing import Protocol
 from urllib.parse import urlsplit
 
 from prometheus_client import CollectorRegistry, Counter
@@ -43,10 +39,10 @@ from shoal.origins import (
 )
 from shoal.peer.errors import DownloadError, LinkError, TrackersUnavailable
 from shoal.peer.node import Node
+from shoal.peer.origin_index import OriginIndex
 from shoal.peer.parts import PartFile
-from shoal.peer.ports import HolderLookup
+from shoal.peer.ports import OriginLinks, UrlTrackers
 from shoal.peer.preheat import spread
-from shoal.peer.wire import ChunkReply
 from shoal.store import Entry
 from shoal.v1 import common_pb2, tracker_pb2
 
@@ -55,47 +51,10 @@ logger = logging.getLogger(__name__)
 SETTLE = 1.0  # seconds a new claim waits for rival claims to reach the trackers before the lowest peer id wins
 POLL = 0.3  # how often a waiting peer asks the trackers again when no holder had its next chunk
 MIRROR_TIMEOUT = 30.0
-INDEX = "origins.json"
 
 
 class DigestMismatch(DownloadError):
     """The file does not match the digest the user or the oci:// URL gave; nothing is published."""
-
-
-class OriginLink(Protocol):
-    """The calls the importer makes to another peer."""
-
-    async def fetch_origin_manifest(self, url_key: str) -> common_pb2.Manifest:
-        """The manifest the key resolved to there."""
-        ...
-
-    async def fetch_chunk(self, file_id: str, index: int, peer_id: str, timeout: float) -> ChunkReply:
-        """One chunk of a part file (or of the file the key resolved to)."""
-        ...
-
-    async def replicate_to(self, file_id: str, url_key: str, url: str, timeout: float) -> common_pb2.FileInfo:
-        """Have that peer download a file (preheat)."""
-        ...
-
-
-class UrlTrackers(HolderLookup, Protocol):
-    """The trackers as the importer uses them: holders of a key, and a name search for the offline fallback."""
-
-    async def search(self, term: str) -> list[tracker_pb2.SearchFileResult]:
-        """Files whose name contains the term."""
-        ...
-
-    async def live_peers(self) -> list[common_pb2.PeerInfo]:
-        """Every live peer."""
-        ...
-
-
-class OriginLinks(Protocol):
-    """Links to peers by address."""
-
-    def link(self, address: str) -> OriginLink:
-        """The pooled link."""
-        ...
 
 
 FetchFile = Callable[[str, list[common_pb2.PeerInfo]], Awaitable[Entry]]  # (file id, holders) -> the file
@@ -145,7 +104,7 @@ class OriginImports:
         self._announce_soon = announce_soon
         self._count = count_bytes
         self._root = node.config.data_dir / "origins"
-        self._resolved: dict[str, tuple[str, str, int]] = {}  # K -> (display URL, R, size)
+        self._index = OriginIndex(self._root)  # K -> (display URL, R, size)
         self._claims: dict[str, tuple[str, int]] = {}  # K -> (display URL, size) while claiming or importing
         self._parts: dict[str, tuple[str, PartFile]] = {}  # K -> (display URL, its part file) while getting it
         self._running: dict[str, asyncio.Task[Entry]] = {}
@@ -153,19 +112,11 @@ class OriginImports:
     # ---- state -------------------------------------------------------------------------------
     def load(self) -> None:
         """Read the K -> R index (blocking; call in a thread at start)."""
-        self._root.mkdir(parents=True, exist_ok=True)
-        with contextlib.suppress(FileNotFoundError, ValueError):
-            raw = json.loads((self._root / INDEX).read_text())
-            self._resolved = {k: (v[0], v[1], int(v[2])) for k, v in raw.items()}
-
-    def _save(self) -> None:
-        tmp = self._root / (INDEX + ".tmp")
-        tmp.write_text(json.dumps({k: list(v) for k, v in self._resolved.items()}))
-        os.replace(tmp, self._root / INDEX)
+        self._index.load()
 
     def resolve(self, key: str) -> str | None:
         """The file id K resolved to here, if this peer holds it complete (GetManifest(K) answers with it)."""
-        found = self._resolved.get(key)
+        found = self._index.get(key)
         if found is None:
             return None
         entry = self._node.store.get(found[1])
@@ -173,7 +124,7 @@ class OriginImports:
 
     def url_of(self, file_id: str) -> str:
         """The origin URL a held file came from, or ''."""
-        return next((url for url, fid, _ in self._resolved.values() if fid == file_id), "")
+        return self._index.url_of(file_id)
 
     def held(self) -> list[tracker_pb2.HeldFile]:
         """What to announce: claims, part files with a chunk to serve, and keys resolved to a complete file here."""
@@ -183,7 +134,7 @@ class OriginImports:
         ]
         files += [_held(key, url, part.size, complete=False) for key, (url, part) in self._parts.items() if part.length]
         files += [
-            _held(key, url, size, complete=True) for key, (url, _, size) in self._resolved.items() if self.resolve(key)
+            _held(key, url, size, complete=True) for key, (url, _, size) in self._index.items() if self.resolve(key)
         ]
         return files
 
@@ -227,6 +178,8 @@ class OriginImports:
             key = version_key(file, self._node.config.chunk_size)
             progress.url, progress.total_bytes = file.url, file.size
             logger.info("%s is version %s (%d bytes)", file.url, key[:12], file.size)
+            while key in self._parts:  # noqa: ASYNC110 - one version under two URL spellings (re-signed): rare
+                await asyncio.sleep(POLL)
             here = self.resolve(key)
             entry = self._node.store.get(here) if here is not None else None
             if entry is not None:
@@ -399,18 +352,16 @@ class OriginImports:
             self._node.learn(file_id, holders)
             entry = await self._fetch(file_id, holders)
         if url_key:
-            self._resolved[url_key] = (url, file_id, entry.manifest.size)
-            self._save()
+            self._index.add(url_key, url, file_id, entry.manifest.size)
             self._announce_soon()
         return entry
 
     def key_of(self, file_id: str) -> str:
         """The URL key a held file resolved from, or ''."""
-        return next((key for key, (_, fid, _) in self._resolved.items() if fid == file_id), "")
+        return self._index.key_of(file_id)
 
     def _remember(self, key: str, file: OriginFile, file_id: str) -> None:
-        self._resolved[key] = (file.url, file_id, file.size)
-        self._save()
+        self._index.add(key, file.url, file_id, file.size)
         self._announce_soon()
 
 
