@@ -218,3 +218,45 @@ def test_preheat_then_origin_down(swarm: LocalSwarm, tmp_path: Path) -> None:
     # With the origin down and no copy in the swarm, the get fails at once with the origin's failure.
     missing = shoal(swarm, fresh, "get", f"http://127.0.0.1:{port}/other.bin", "-o", str(tmp_path / "o.bin"))
     assert missing.returncode != 0 and not (tmp_path / "o.bin").exists()
+
+
+RANGED_NGINX = PLAIN_NGINX.replace(
+    "access_log {prefix}/access.log;",
+    "log_format ranged '$status range=[$http_range] bytes=$body_bytes_sent';\n"
+    "    access_log {prefix}/access.log ranged;\n    limit_rate 4m;",
+)
+
+
+def test_origin_down_midway_resumes_without_reading_a_chunk_twice(swarm: LocalSwarm, tmp_path: Path) -> None:
+    root, prefix = tmp_path / "www", tmp_path / "nginx"
+    root.mkdir()
+    prefix.mkdir()
+    port = free_port()
+    (prefix / "nginx.conf").write_text(RANGED_NGINX.format(prefix=prefix, root=root, port=port))
+    argv = [NGINX, "-e", str(prefix / "error.log"), "-p", str(prefix), "-c", str(prefix / "nginx.conf")]
+    size = 24 * 1024 * 1024
+    digest = make_file(root / "flaky.bin", size)
+    (peer,) = start_peers(swarm, 1)
+    url = f"http://127.0.0.1:{port}/flaky.bin"
+    origin = start(argv, prefix / "stdout.log", port, "nginx")
+    try:
+        get = get_all([peer], url, [tmp_path / "out.bin"])[0]
+        wait_until(lambda: part_length(peer) >= size // 3, timeout=60, what="a third imported")
+    finally:
+        origin.stop()
+    code, err = finish([get])[0]
+    assert code != 0 and "127.0.0.1" in err and len(err.splitlines()) == 1, err
+    assert not (tmp_path / "out.bin").exists()
+    kept = part_length(peer)
+    assert kept >= size // 3
+    origin = start(argv, prefix / "stdout.log", port, "nginx")
+    try:
+        ok(shoal(swarm, peer, "get", url, "-o", str(tmp_path / "out.bin")))
+    finally:
+        origin.stop()
+    assert sha256_of(tmp_path / "out.bin") == digest
+    # Every chunk nginx sent in full, it sent once: the second get went on where the first stopped.
+    ranges = re.findall(r"^206 range=\[bytes=(\d+)-(\d+)\] bytes=(\d+)$", (prefix / "access.log").read_text(), re.M)
+    full = [(int(a), int(b)) for a, b, sent in ranges if int(sent) == int(b) - int(a) + 1 and int(b) > 0]
+    assert len(full) == len(set(full)), "a chunk was read twice"
+    assert sum(b - a + 1 for a, b in full) == size
