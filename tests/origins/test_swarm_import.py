@@ -260,3 +260,21 @@ def test_origin_down_midway_resumes_without_reading_a_chunk_twice(swarm: LocalSw
     full = [(int(a), int(b)) for a, b, sent in ranges if int(sent) == int(b) - int(a) + 1 and int(b) > 0]
     assert len(full) == len(set(full)), "a chunk was read twice"
     assert sum(b - a + 1 for a, b in full) == size
+
+
+def test_a_tracker_lost_midway_changes_nothing(nginx: Nginx, tmp_path: Path) -> None:
+    size = 24 * 1024 * 1024
+    name = "tracker-lost.bin"
+    digest = make_file(nginx.root / name, size)
+    with running_swarm(tmp_path / "swarm", ANNOUNCE, trackers=2) as swarm:
+        peers = start_peers(swarm, 4)
+        outputs = [tmp_path / f"out{i}.bin" for i in range(len(peers))]
+        gets = get_all(peers, nginx.url(f"slow/{name}"), outputs)
+        importer = wait_until(lambda: importer_of(peers), timeout=60, what="an importer")
+        wait_until(lambda: part_length(importer) >= size // 4, timeout=60, what="a quarter imported")
+        swarm.trackers[0].popen.kill()
+        results = finish(gets)
+    assert all(code == 0 for code, _ in results), results
+    assert all(sha256_of(out) == digest for out in outputs)
+    sent = served(nginx, name)
+    assert sent <= 1.1 * size, f"the origin sent {sent} bytes for a {size}-byte file"
