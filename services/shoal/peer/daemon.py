@@ -165,6 +165,8 @@ class PeerDaemon:
         await self.trackers.leave()
         for task in self._background:
             task.cancel()
+        if hasattr(self, "imports"):
+            await self.imports.stop()
         downloads = self.downloads.cancel_all()
         await asyncio.gather(*self._background, *downloads, return_exceptions=True)
         await self._control_server.stop(1.0)

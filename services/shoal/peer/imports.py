@@ -169,6 +169,13 @@ class OriginImports:
         task.add_done_callback(lambda _: self._running.pop(url, None))
         return task
 
+    async def stop(self) -> None:
+        """Stop every get of a URL (part files stay for resume)."""
+        tasks = list(self._running.values())
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
     async def _get(self, url: str, options: OriginOptions, progress: Progress) -> Entry:
         async with parse_origin(url, options) as origin:
             try:
@@ -216,6 +223,8 @@ class OriginImports:
                     del self._claims[key]
                     self._announce_soon()
                     continue
+                if holders:  # catch up first on what the swarm already has (a dead importer's lead, say)
+                    await self._mirror(key, part, [h.peer for h in holders], progress)
                 await self._import(origin, file, part, progress)
                 continue
             if complete and not part.length:
