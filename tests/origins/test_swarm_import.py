@@ -166,8 +166,15 @@ def test_digest_mismatch_and_missing_files(nginx: Nginx, swarm: LocalSwarm, tmp_
     assert result.returncode == 1 and "does not match" in result.stderr, result.stderr
     assert not (tmp_path / "bad.bin").exists()
     right = "sha256:" + hashlib.sha256(data).hexdigest()
-    ok(shoal(swarm, peer, "get", nginx.url("digest.bin"), "-o", str(tmp_path / "good.bin"), "--digest", right))
+    (tmp_path / "headers").write_text("# sent to the origin only\nX-Token: tok-from-a-file-77\n")
+    good = ("-o", str(tmp_path / "good.bin"), "--digest", right, "--header", f"@{tmp_path / 'headers'}")
+    ok(shoal(swarm, peer, "get", nginx.url("digest.bin"), *good))
     assert (tmp_path / "good.bin").read_bytes() == data
+    # The header reached nginx and no log of the peer.
+    assert any("token=[tok-from-a-file-77]" in line for line in nginx.lines())
+    assert "tok-from-a-file-77" not in peer.log_path.read_text()
+    bad = shoal(swarm, peer, "get", nginx.url("digest.bin"), "-o", str(tmp_path / "z"), "--header", "Range: 0-1")
+    assert bad.returncode == 2 and "0-1" not in bad.stderr, bad.stderr
     missing = shoal(swarm, peer, "get", nginx.url("no-such.bin"), "-o", str(tmp_path / "x.bin"))
     assert missing.returncode == 4 and "status 404" in missing.stderr and len(missing.stderr.splitlines()) == 1
     (nginx.root / "denied").mkdir(exist_ok=True)
