@@ -105,3 +105,30 @@ def test_spread_asks_other_zones_and_reports_who_holds_it() -> None:
     assert [p.zone for p in held] == ["a", "b"]
     already = asyncio.run(spread(me, FakeTrackers([me, peer(2, "b")], live), FakeLinks(), "f" * 64, "", "u", 2))
     assert [p.peer_id for p in already] == ["p0", "p2"]
+
+
+def test_cli_reads_urls_headers_and_digests(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from shoal import cli
+    from shoal.cli.client import check_locally
+
+    monkeypatch.setenv("SHOAL_S3_ENDPOINT", "http://minio:9000")
+    (tmp_path / "h").write_text("# comment\nAuthorization: Bearer x\n")
+    args = cli.parse_args(
+        ["get", "s3://b/k.bin", "-o", str(tmp_path / "o"), "-H", "X-A: 1", "-H", f"@{tmp_path / 'h'}"]
+    )
+    check_locally(args)
+    assert (args.url, args.file_id, args.s3_endpoint) == ("s3://b/k.bin", "", "http://minio:9000")
+    assert args.header_lines == ["X-A: 1", "# comment", "Authorization: Bearer x"]
+    for bad in (["-H", "no colon"], ["--digest", "md5:00"], ["-H", "@/no/such/file"]):
+        args = cli.parse_args(["get", "https://h/a", "-o", str(tmp_path / "o"), *bad])
+        with pytest.raises(cli.CliError) as raised:
+            check_locally(args)
+        assert raised.value.code == cli.EXIT_USAGE
+    args = cli.parse_args(["preheat", "https://h/a", "oci://r/x@sha256:" + "0" * 64, "--replicas", "3"])
+    check_locally(args)
+    assert args.replicas == 3 and args.url == ""
+    with pytest.raises(cli.CliError):
+        check_locally(cli.parse_args(["preheat", "/local/path"]))
+    ids = cli.parse_args(["get", "a" * 64, "-o", str(tmp_path / "o")])
+    check_locally(ids)
+    assert (ids.url, ids.file_id) == ("", "a" * 64)
