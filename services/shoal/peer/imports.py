@@ -262,6 +262,7 @@ class OriginImports:
                 return progressed
             await asyncio.to_thread(part.append, data)
             self._node.stats.downloaded_bytes += length
+            self._node.stats.from_partial_bytes += length  # a part file is a partial holding
             progress.done_bytes = part.length
             if index == 0:
                 self._announce_soon()  # we now hold a chunk others may mirror
