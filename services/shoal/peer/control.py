@@ -67,7 +67,7 @@ class ControlServicer(control_pb2_grpc.ControlServicer):
     """Put, get, search, peers, ls and status for the local CLI."""
 
     def __init__(
-        self, node: Node, downloads: Downloads, trackers: TrackerClient, imports: OriginImports | None = None
+        self, node: Node, downloads: Downloads, trackers: TrackerClient, *, imports: OriginImports | None = None
     ) -> None:
         self._node = node
         self._downloads = downloads

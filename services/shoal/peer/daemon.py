@@ -121,11 +121,11 @@ class PeerDaemon:
         if self.metrics is not None:
             watch_peer(self.metrics, node, lambda: len(self.downloads))
         add_to_server(
-            PeerServicer(node, self.uploads, self.downloads, self.imports),
+            PeerServicer(node, self.uploads, self.downloads, origins=self.imports),
             self._peer_server,
         )
         self.health.attach(self._peer_server)
-        control = ControlServicer(node, self.downloads, trackers, self.imports)
+        control = ControlServicer(node, self.downloads, trackers, imports=self.imports)
         control_pb2_grpc.add_ControlServicer_to_server(control, self._control_server)
         if control_address.startswith("unix:"):
             path = Path(control_address.removeprefix("unix:"))

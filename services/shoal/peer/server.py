@@ -69,6 +69,7 @@ class PeerServicer:
         node: Node,
         uploads: Uploads,
         swarms: Swarms,
+        *,
         origins: OriginService | None = None,
     ) -> None:
         self._node = node
