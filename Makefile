@@ -135,6 +135,11 @@ demo: venv
 bench-pair: venv system-deps
 	$(PY) bench/pair.py $(BENCH_ARGS)
 
+# Benchmark N peers getting one origin URL against N plain curls of it (BENCH_ARGS="--peers 4 --size 64MiB").
+.PHONY: bench-origin
+bench-origin: venv system-deps
+	$(PY) -m bench.origin $(BENCH_ARGS)
+
 # Benchmark one seeder and N leechers in network namespaces with tc-capped uplinks (root; BENCH_ARGS="--n 4,8").
 .PHONY: bench-swarm
 bench-swarm: venv system-deps

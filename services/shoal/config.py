@@ -314,6 +314,10 @@ HEALTH_LISTEN = Setting(
     env="HEALTH_LISTEN", parse=_bracketed, check=_address, metavar="HOST:PORT", shown_default="off",
 )  # fmt: skip
 TLS = (TLS_CERT, TLS_KEY, TLS_CA, HEALTH_LISTEN)
+S3_ENDPOINT = Setting(
+    "s3_endpoint", "--s3-endpoint", "S3-compatible endpoint URL for s3:// origins", env="S3_ENDPOINT", default="",
+    metavar="URL", shown_default="AWS",
+)  # fmt: skip
 
 GLOBAL = (PEER, LOG_LEVEL, LOG_FORMAT)
 # What each command reads; a variable is parsed only by a command that reads it.
@@ -329,9 +333,10 @@ COMMANDS: dict[str, tuple[Setting, ...]] = {
     "cancel": (PEER, CONTROL_TOKEN_FILE),
     "pin": (PEER, CONTROL_TOKEN_FILE),
     "unpin": (PEER, CONTROL_TOKEN_FILE),
-    "get": (PEER, CONTROL_TOKEN_FILE),
+    "get": (PEER, CONTROL_TOKEN_FILE, S3_ENDPOINT),
+    "preheat": (PEER, CONTROL_TOKEN_FILE, S3_ENDPOINT),
     "search": (PEER, CONTROL_TOKEN_FILE),
-    "peers": (PEER, CONTROL_TOKEN_FILE),
+    "peers": (PEER, CONTROL_TOKEN_FILE, S3_ENDPOINT),
     "ls": (PEER, CONTROL_TOKEN_FILE),
     "status": (PEER, CONTROL_TOKEN_FILE),
     "verify": (PEER, CONTROL_TOKEN_FILE),

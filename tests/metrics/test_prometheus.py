@@ -39,6 +39,7 @@ STORE_METRICS = (
     "shoal_peer_cache_quota_bytes",
     "shoal_peer_evictions_total",
     "shoal_peer_evicted_bytes_total",
+    "shoal_peer_origin_bytes_total",  # only once a peer reads from an origin (tests/origins checks it)
 )
 SETTLE = 3.0  # seconds after the downloads at which every query is evaluated
 

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import aiohttp
 import pytest
+from aiobotocore.session import get_session
 from yarl import URL
 
 NGINX = "/usr/sbin/nginx"
@@ -45,6 +46,7 @@ http {{
         location /same/ {{ rewrite ^/same/(.*)$ /$1 redirect; }}
         location /denied/ {{ deny all; }}
         location /cross/ {{ rewrite ^/cross/(.*)$ http://127.0.0.1:{other}/$1 redirect; }}
+        location /slow/ {{ alias {root}/; limit_rate 4m; }}
     }}
     server {{
         listen 127.0.0.1:{https} ssl;
@@ -200,3 +202,19 @@ async def push_blob(registry: Registry, repository: str, data: bytes, token: str
         async with session.put(upload.update_query(digest=digest), data=data) as done:
             assert done.status == 201, await done.text()
     return digest
+
+
+async def put_object(moto: Moto, bucket: str, key: str, data: bytes, public: bool = False) -> str:
+    """Create the bucket if needed and upload; returns the object's ETag."""
+    session = get_session()
+    async with session.create_client(
+        "s3", endpoint_url=moto.endpoint, region_name="us-east-1", aws_access_key_id="t", aws_secret_access_key="t"
+    ) as client:
+        buckets = await client.list_buckets()
+        if bucket not in {b.get("Name") for b in buckets.get("Buckets", [])}:
+            await client.create_bucket(Bucket=bucket)
+        if public:
+            reply = await client.put_object(Bucket=bucket, Key=key, Body=data, ACL="public-read")
+        else:
+            reply = await client.put_object(Bucket=bucket, Key=key, Body=data)
+        return reply["ETag"]

@@ -6,8 +6,7 @@ import os
 from collections.abc import Callable
 
 import pytest
-from aiobotocore.session import get_session
-from origins.servers import Moto
+from origins.servers import Moto, put_object
 
 from shoal.origins import (
     OriginChanged,
@@ -20,22 +19,6 @@ from shoal.origins import (
 )
 
 pytestmark = pytest.mark.origins
-
-
-async def put_object(moto: Moto, bucket: str, key: str, data: bytes, public: bool = False) -> str:
-    """Create the bucket if needed and upload; returns the object's ETag."""
-    session = get_session()
-    async with session.create_client(
-        "s3", endpoint_url=moto.endpoint, region_name="us-east-1", aws_access_key_id="t", aws_secret_access_key="t"
-    ) as client:
-        buckets = await client.list_buckets()
-        if bucket not in {b.get("Name") for b in buckets.get("Buckets", [])}:
-            await client.create_bucket(Bucket=bucket)
-        if public:
-            reply = await client.put_object(Bucket=bucket, Key=key, Body=data, ACL="public-read")
-        else:
-            reply = await client.put_object(Bucket=bucket, Key=key, Body=data)
-        return reply["ETag"]
 
 
 async def test_signed_ranged_reads_are_byte_exact(moto: Moto, aws_env: Callable[[bool], None]) -> None:

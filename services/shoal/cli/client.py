@@ -126,7 +126,9 @@ def _check_path_length(path: Path) -> None:
 
 def check_locally(args: argparse.Namespace) -> None:
     """What can be wrong without asking the daemon (ids, paths) is reported before connecting."""
-    if args.command in ("get", "peers", "verify", "rm", "cancel", "pin", "unpin"):
+    if args.command in ("get", "peers", "preheat"):
+        _origin_args(args)
+    if args.command in ("verify", "rm", "cancel", "pin", "unpin"):
         args.file_id = _file_id(args.file_id)
     if args.command == "put":
         args.path = Path(args.path).expanduser().absolute()
@@ -146,6 +148,40 @@ def check_locally(args: argparse.Namespace) -> None:
                 raise CliError(f"output directory does not exist: {target.parent}", EXIT_NOT_FOUND)
             _refuse_existing(target, args.overwrite)
         args.output = target
+
+
+def _origin_args(args: argparse.Namespace) -> None:
+    """An origin URL goes to args.url (with its --header lines read and checked); an id is checked."""
+    from shoal.origins import InvalidHeader, is_origin_url, parse_headers
+
+    args.url = ""
+    if getattr(args, "replicas", 1) < 1:
+        raise CliError("--replicas must be at least 1", EXIT_USAGE)
+    for url in getattr(args, "urls", []):
+        if not is_origin_url(url):
+            raise CliError(f"not an http(s)://, s3:// or oci:// URL: {url[:200]}", EXIT_USAGE)
+    if args.command != "preheat":
+        if is_origin_url(args.file_id):
+            args.url, args.file_id = args.file_id, ""
+        else:
+            args.file_id = _file_id(args.file_id)
+    lines: list[str] = []
+    for header in args.header:
+        if header.startswith("@"):
+            try:
+                lines += Path(header[1:]).expanduser().read_text().splitlines()
+            except OSError as err:
+                raise CliError(f"cannot read headers from {header[1:]}: {err.strerror}", EXIT_USAGE) from None
+        else:
+            lines.append(header)
+    try:
+        parse_headers(lines)
+    except InvalidHeader as err:
+        raise CliError(f"bad --header: {err}", EXIT_USAGE) from None
+    args.header_lines = lines
+    digest = getattr(args, "digest", "")
+    if digest and not (args.url and digest.startswith("sha256:") and len(digest) == 71):
+        raise CliError("--digest takes sha256: and 64 hex digits, with a URL", EXIT_USAGE)
 
 
 def _file_id(text: str) -> str:
@@ -220,6 +256,9 @@ async def get(stub: control_pb2_grpc.ControlStub, args: argparse.Namespace) -> i
         output_dir=str(target) if into_dir else "",
         overwrite=args.overwrite,
     )
+    if args.url:
+        request.url, request.digest, request.s3_endpoint = args.url, args.digest.lower(), args.s3_endpoint
+        request.headers.extend(args.header_lines)
     dest: Path | None = None if into_dir else target
     watcher = _Watcher(args.json)
     final = None
@@ -241,7 +280,7 @@ async def get(stub: control_pb2_grpc.ControlStub, args: argparse.Namespace) -> i
         dest = Path(final.written_to)  # the daemon chose DIR/<name> and wrote it
     elif into_dir:  # an older daemon ignores output_dir: export with a second Get
         dest = dest or _named_output(target, final.file.name, args.overwrite)
-        async for _ in stub.Get(control_pb2.GetRequest(file_id=file_id, output=str(dest))):
+        async for _ in stub.Get(control_pb2.GetRequest(file_id=final.file.file_id, output=str(dest))):
             pass
     if dest is None:
         raise CliError("download ended without a result")
@@ -270,7 +309,9 @@ async def search(stub: control_pb2_grpc.ControlStub, args: argparse.Namespace) -
 
 async def peers(stub: control_pb2_grpc.ControlStub, args: argparse.Namespace) -> int:
     """Live peers holding a file; exit 4 when none does."""
-    reply = await stub.Peers(control_pb2.PeersRequest(file_id=args.file_id))
+    request = control_pb2.PeersRequest(file_id=args.file_id, url=args.url, s3_endpoint=args.s3_endpoint)
+    request.headers.extend(args.header_lines)
+    reply = await stub.Peers(request)
     if args.json:
         output.print_json(reply)
     else:
@@ -279,7 +320,30 @@ async def peers(stub: control_pb2_grpc.ControlStub, args: argparse.Namespace) ->
             state = "complete" if holder.complete else "partial"
             print(f"{escape(holder.peer.peer_id)}  {escape(holder.peer.address)}  {state}{escape(zone)}")
     if not reply.holders:
-        raise CliError(f"no live peer holds {args.file_id}", EXIT_NOT_FOUND)
+        raise CliError(f"no live peer holds {args.url or args.file_id}", EXIT_NOT_FOUND)
+    return 0
+
+
+async def preheat(stub: control_pb2_grpc.ControlStub, args: argparse.Namespace) -> int:
+    """Import every URL into the swarm (once each, all at once) onto --replicas peers; one line per URL when held."""
+
+    async def one(url: str) -> control_pb2.PreheatResponse:
+        request = control_pb2.PreheatRequest(url=url, s3_endpoint=args.s3_endpoint, replicas=args.replicas)
+        request.headers.extend(args.header_lines)
+        reply: control_pb2.PreheatResponse = await stub.Preheat(request)
+        return reply
+
+    replies = await asyncio.gather(*(one(url) for url in args.urls))
+    for url, reply in zip(args.urls, replies, strict=True):
+        if args.json:
+            output.print_json_line({"url": url, **output.plain(reply)})
+        else:
+            zones = sorted({p.zone for p in reply.peers if p.zone})
+            where = f" in zones {','.join(zones)}" if zones else ""
+            print(f"{reply.file.file_id}  {format_size(reply.file.size):>10}  {url}  ({len(reply.peers)} peers{where})")
+    short = [url for url, reply in zip(args.urls, replies, strict=True) if len(reply.peers) < args.replicas]
+    if short:
+        raise CliError(f"fewer than {args.replicas} peers hold {', '.join(short)}")
     return 0
 
 
@@ -373,6 +437,7 @@ COMMANDS: dict[str, Callable[[control_pb2_grpc.ControlStub, argparse.Namespace],
     "search": search,
     "peers": peers,
     "ls": ls,
+    "preheat": preheat,
     "status": status,
     "verify": verify,
     "rm": rm,

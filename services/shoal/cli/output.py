@@ -133,6 +133,8 @@ def ls_lines(reply: control_pb2.ListResponse, now: float | None = None) -> list[
         if not local.complete:
             state += f" {local.chunks_done}/{local.chunks_total}"
         names = ", ".join(escape(name) for name in [local.file.name, *local.aliases])
+        if local.url:
+            names += f"  {escape(local.url)}"
         pin = "yes" if local.pinned else "-"
         rows.append(
             f"{local.file.file_id}  {format_size(local.file.size):>10}  {pin:<3}  "

@@ -38,8 +38,14 @@ COMMANDS: dict[str, tuple[str, str]] = {
         "shoal put ./model.bin --name model-v2.bin --chunk-size 4MiB\n  shoal put --move /data/model.bin",
     ),
     "get": (
-        "download a file by id",
-        "shoal get ID -o ./model.bin\n  shoal get ID -o /models/ --overwrite\n  shoal --json get ID -o out.bin | jq .",
+        "download a file by id, or an origin URL through the swarm",
+        "shoal get ID -o ./model.bin\n  shoal get ID -o /models/ --overwrite\n  shoal --json get ID -o out.bin | jq .\n"
+        "  shoal get https://models.example/m.bin -o /models/ --header @/etc/shoal/headers\n"
+        "  shoal get s3://bucket/m.bin -o m.bin --s3-endpoint http://minio:9000 --digest sha256:HEX",
+    ),
+    "preheat": (
+        "import origin URLs into the swarm ahead of time; returns when every one is held",
+        "shoal preheat https://models.example/m.bin oci://registry:5000/team/model@sha256:HEX",
     ),
     "search": ("find files by name", "shoal search model"),
     "peers": ("live peers holding a file", "shoal peers ID"),
@@ -116,6 +122,18 @@ def _sub(sub: Any, name: str, common: argparse.ArgumentParser) -> argparse.Argum
     return parser
 
 
+HEADER_HELP = "request header for http(s) origins, repeatable; @FILE reads 'Name: value' lines (never logged)"
+
+
+def _origin_flags(parser: argparse.ArgumentParser, *, digest: bool = True) -> None:
+    """--header and --digest, for commands that take origin URLs."""
+    parser.add_argument("--header", "-H", action="append", default=[], metavar="'NAME: VALUE'|@FILE", help=HEADER_HELP)
+    if digest:
+        parser.add_argument(
+            "--digest", default="", metavar="sha256:HEX", help="the whole file must match this digest (URLs only)"
+        )
+
+
 def build_parser() -> argparse.ArgumentParser:
     """Every command and flag; values stay text here, config.resolve reads and checks them."""
     parser = argparse.ArgumentParser(
@@ -146,7 +164,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
 
     get = _sub(sub, "get", client)
-    get.add_argument("file_id", metavar="ID", help="the file id, 64 hex characters, as `put` or `search` printed it")
+    get.add_argument(
+        "file_id",
+        metavar="ID|URL",
+        help="the file id, 64 hex characters, as `put` or `search` printed it; or an http(s)://, s3:// or oci:// URL",
+    )
+    _origin_flags(get)
     get.add_argument(
         "--output",
         "-o",
@@ -158,7 +181,15 @@ def build_parser() -> argparse.ArgumentParser:
     get.epilog = (get.epilog or "") + "\n\nwith --json: one JSON object per progress message, the summary last"
 
     _sub(sub, "search", client).add_argument("term", metavar="TERM", help="case-insensitive part of the file name")
-    _sub(sub, "peers", client).add_argument("file_id", metavar="ID", help="the file id, 64 hex characters")
+    peers = _sub(sub, "peers", client)
+    peers.add_argument("file_id", metavar="ID|URL", help="the file id, 64 hex characters, or an origin URL")
+    peers.add_argument("--header", "-H", action="append", default=[], metavar="'NAME: VALUE'|@FILE", help=HEADER_HELP)
+    preheat = _sub(sub, "preheat", client)
+    preheat.add_argument("urls", nargs="+", metavar="URL", help="http(s)://, s3:// or oci:// URLs to import")
+    _origin_flags(preheat, digest=False)
+    preheat.add_argument(
+        "--replicas", type=int, default=1, metavar="N", help="peers that should hold each file, spread over zones"
+    )
     _sub(sub, "ls", client)
     for verb in ("rm", "cancel", "pin", "unpin"):
         _sub(sub, verb, client).add_argument("file_id", metavar="ID", help="the file id, 64 hex characters")

@@ -14,12 +14,24 @@ import grpc
 
 from shoal import content
 from shoal.cache import NoRoom
+from shoal.origins import (
+    InvalidHeader,
+    OriginDenied,
+    OriginError,
+    OriginNotFound,
+    OriginOptions,
+    OriginUnavailable,
+    UnsupportedOrigin,
+    parse_headers,
+)
 from shoal.peer import access
 from shoal.peer.downloads import Downloads
 from shoal.peer.errors import DownloadError, NoHolders, TrackersUnavailable
+from shoal.peer.imports import OriginImports, Progress
 from shoal.peer.keeper import Keeper
 from shoal.peer.listing import OutputExists, local_file, named_output
 from shoal.peer.node import Node
+from shoal.peer.progress import verified_bytes
 from shoal.peer.swarm import Download
 from shoal.peer.trackers import TrackerClient
 from shoal.store import DiskFull, Entry, NotHeld, StoreError, check_output, check_source
@@ -38,8 +50,12 @@ _METHODS = {
 
 async def _fail(context: grpc.aio.ServicerContext, err: Exception) -> NoReturn:
     """Turn a domain error into a gRPC status with a clear message."""
-    if isinstance(err, content.ContentError):
+    if isinstance(err, (content.ContentError, UnsupportedOrigin, InvalidHeader)):
         code = grpc.StatusCode.INVALID_ARGUMENT
+    elif isinstance(err, (OriginNotFound, OriginDenied)):
+        code = grpc.StatusCode.NOT_FOUND  # exit 4 with the origin's status in the one line
+    elif isinstance(err, OriginUnavailable):
+        code = grpc.StatusCode.UNAVAILABLE
     elif isinstance(err, (NoHolders, NotHeld)):
         code = grpc.StatusCode.NOT_FOUND
     elif isinstance(err, TrackersUnavailable):
@@ -77,11 +93,14 @@ class ControlServicer(control_pb2_grpc.ControlServicer):
         trackers: TrackerClient,
         keeper: Keeper,
         tickets: access.Tickets | None = None,
+        *,
+        imports: OriginImports | None = None,
     ) -> None:
         self._node = node
         self._downloads = downloads
         self._trackers = trackers
         self._keeper = keeper
+        self._imports = imports
         self._tickets = tickets  # None: every caller is trusted (TCP with a token, or a 0600 socket)
 
     async def _caller(self, context: grpc.aio.ServicerContext) -> access.Caller:
@@ -135,6 +154,10 @@ class ControlServicer(control_pb2_grpc.ControlServicer):
     async def Get(
         self, request: control_pb2.GetRequest, context: grpc.aio.ServicerContext
     ) -> AsyncIterator[control_pb2.GetProgress]:
+        if request.url:
+            async for message in self._get_url(request, context):
+                yield message
+            return
         downloads = self._downloads
         caller = await self._caller(context)
         try:
@@ -219,6 +242,87 @@ class ControlServicer(control_pb2_grpc.ControlServicer):
             await _fail(context, err)
         return control_pb2.VerifyResponse(file=entry.info, ok=not bad, bad_chunks=bad[:100])
 
+    async def _get_url(
+        self, request: control_pb2.GetRequest, context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[control_pb2.GetProgress]:
+        """Get an origin URL through the swarm (peer.imports); the output appears only once it is verified."""
+        imports = self._imports
+        if imports is None:
+            await context.abort(grpc.StatusCode.UNIMPLEMENTED, "this daemon does not get origin URLs")
+        caller = await self._caller(context)
+        try:
+            output = _absolute(request.output, "output") if request.output else None
+            into = _absolute(request.output_dir, "output_dir") if request.output_dir and output is None else None
+            for target in (output, into):
+                if target is not None:
+                    _outside(target, self._node.config.data_dir)
+        except content.ContentError as err:
+            await _fail(context, err)
+        for target in (output, into):
+            if target is not None:
+                await self._allowed(context, caller, target, "write")
+        try:
+            if output is not None:
+                await asyncio.to_thread(check_output, output)
+            if into is not None and not into.is_dir():
+                raise StoreError(f"output directory does not exist: {into}")
+            options = OriginOptions(
+                headers=parse_headers(request.headers),
+                expected_digest=request.digest or None,
+                s3_endpoint=request.s3_endpoint or None,
+            )
+        except (content.ContentError, StoreError, InvalidHeader) as err:
+            await _fail(context, err)
+        started = time.monotonic()
+        progress = Progress(request.url)
+        task = imports.get(request.url, options, progress)
+        while not task.done():
+            yield self._url_progress(progress)
+            await asyncio.wait([task], timeout=PROGRESS_EVERY)
+        try:
+            entry = task.result()
+            if into is not None:
+                output = named_output(into, entry.manifest.name, overwrite=request.overwrite)
+                await self._allowed(context, caller, output, "write")
+            if output is not None:
+                await asyncio.to_thread(self._node.store.export, entry, output)
+        except (OriginError, DownloadError, StoreError, TrackersUnavailable) as err:
+            await _fail(context, err)
+        final = control_pb2.GetProgress(
+            file=entry.info, done=True, done_bytes=entry.manifest.size, total_bytes=entry.manifest.size
+        )
+        final.sources.CopyFrom(control_pb2.SourceShare())
+        final.seconds = time.monotonic() - started
+        final.written_to = str(output) if output is not None else ""
+        yield final
+
+    def _url_progress(self, progress: Progress) -> control_pb2.GetProgress:
+        message = control_pb2.GetProgress(done_bytes=progress.done_bytes, total_bytes=progress.total_bytes)
+        entry = self._node.store.get(progress.file_id) if progress.file_id else None
+        if entry is not None:
+            message.file.CopyFrom(entry.info)
+            message.done_bytes = verified_bytes(entry)
+        return message
+
+    async def Preheat(
+        self, request: control_pb2.PreheatRequest, context: grpc.aio.ServicerContext
+    ) -> control_pb2.PreheatResponse:
+        imports = self._imports
+        if imports is None:
+            await context.abort(grpc.StatusCode.UNIMPLEMENTED, "this daemon does not get origin URLs")
+        await self._caller(context)
+        try:
+            options = OriginOptions(
+                headers=parse_headers(request.headers),
+                expected_digest=request.digest or None,
+                s3_endpoint=request.s3_endpoint or None,
+            )
+            entry, peers = await imports.preheat(request.url, options, max(1, request.replicas))
+        except (OriginError, DownloadError, StoreError, TrackersUnavailable, InvalidHeader) as err:
+            await _fail(context, err)
+        logger.info("preheated %s as %s on %d peers", entry.file_id, request.url[:200], len(peers))
+        return control_pb2.PreheatResponse(file=entry.info, peers=peers)
+
     @staticmethod
     def _progress(download: Download, *, done: bool) -> control_pb2.GetProgress:
         progress = control_pb2.GetProgress(done=done, done_bytes=download.done_bytes)
@@ -254,9 +358,13 @@ class ControlServicer(control_pb2_grpc.ControlServicer):
         self, request: control_pb2.PeersRequest, context: grpc.aio.ServicerContext
     ) -> control_pb2.PeersResponse:
         try:
-            file_id = content.parse_file_id(request.file_id)
+            if request.url and self._imports is not None:
+                options = OriginOptions(headers=parse_headers(request.headers), s3_endpoint=request.s3_endpoint or None)
+                _, file_id = await self._imports.stat(request.url, options)  # the URL key of its current version
+            else:
+                file_id = content.parse_file_id(request.file_id)
             holders = await self._trackers.holders(file_id)
-        except (content.ContentError, TrackersUnavailable) as err:
+        except (content.ContentError, TrackersUnavailable, OriginError, InvalidHeader) as err:
             await _fail(context, err)
         return control_pb2.PeersResponse(holders=holders)
 
@@ -265,7 +373,11 @@ class ControlServicer(control_pb2_grpc.ControlServicer):
     ) -> control_pb2.ListResponse:
         active = self._downloads.active()
         entries = sorted(self._node.store.entries(), key=lambda e: (e.manifest.name, e.file_id))
-        return control_pb2.ListResponse(files=[local_file(entry, active) for entry in entries])
+        files = [local_file(entry, active) for entry in entries]
+        if self._imports is not None:
+            for local in files:
+                local.url = self._imports.url_of(local.file.file_id)
+        return control_pb2.ListResponse(files=files)
 
     async def Status(
         self, request: control_pb2.StatusRequest, context: grpc.aio.ServicerContext

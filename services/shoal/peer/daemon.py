@@ -24,6 +24,7 @@ from shoal.peer import access
 from shoal.peer.control import ControlServicer
 from shoal.peer.credentials import TrackerSecrets
 from shoal.peer.downloads import Downloads
+from shoal.peer.imports import OriginImports, origin_bytes_counter
 from shoal.peer.keeper import Keeper
 from shoal.peer.links import LinkPool
 from shoal.peer.metrics import watch_peer
@@ -33,8 +34,8 @@ from shoal.peer.swarm import Download
 from shoal.peer.trackers import TrackerClient, held_files
 from shoal.peer.uploads import Uploads
 from shoal.quota import QuotaSpec
-from shoal.store import Store
-from shoal.v1 import control_pb2_grpc
+from shoal.store import Entry, Store
+from shoal.v1 import common_pb2, control_pb2_grpc
 from shoal.zone import detect_zone
 
 logger = logging.getLogger(__name__)
@@ -80,6 +81,7 @@ class PeerDaemon:
         self.uploads: Uploads
         self.downloads: Downloads
         self.keeper: Keeper
+        self.imports: OriginImports
         self.port = 0
         self.health = Health([SERVICE_NAME])
         self.metrics = ProcessMetrics(config.metrics_port) if config.metrics_port is not None else None
@@ -117,7 +119,7 @@ class PeerDaemon:
         node, store = self.node, self.store
         trackers = self.trackers = TrackerClient(
             node.info,
-            lambda: held_files(store.entries()),
+            lambda: held_files(store.entries()) + self.imports.held(),
             self.config.trackers,
             TrackerSecrets(store.root),
             self.config.tracker_refresh,
@@ -137,13 +139,20 @@ class PeerDaemon:
 
         self.downloads = Downloads(node, make, changed)
         self.keeper = Keeper(cache, self.downloads, announce_soon)
+
+        async def fetch(file_id: str, holders: list[common_pb2.PeerInfo]) -> Entry:
+            return await self.downloads.start(file_id, "")[1]
+
+        count = origin_bytes_counter(self.metrics.registry if self.metrics is not None else None)
+        self.imports = OriginImports(node, trackers, self.links, fetch, announce_soon, count)
+        await asyncio.to_thread(self.imports.load)
         if self.metrics is not None:
             watch_peer(self.metrics, node, lambda: len(self.downloads), cache=cache)
-        add_to_server(PeerServicer(node, self.uploads, self.downloads), self._peer_server)
+        add_to_server(PeerServicer(node, self.uploads, self.downloads, origins=self.imports), self._peer_server)
         self.health.attach(self._peer_server)
         if control_address.startswith("unix:"):
             self._tickets = access.Tickets(required=self._control_gid is not None)
-        control = ControlServicer(node, self.downloads, trackers, self.keeper, self._tickets)
+        control = ControlServicer(node, self.downloads, trackers, self.keeper, self._tickets, imports=self.imports)
         control_pb2_grpc.add_ControlServicer_to_server(control, self._control_server)
         if control_address.startswith("unix:"):
             path = Path(control_address.removeprefix("unix:"))
@@ -205,6 +214,8 @@ class PeerDaemon:
         await self.trackers.leave()
         for task in self._background:
             task.cancel()
+        if hasattr(self, "imports"):
+            await self.imports.stop()
         downloads = self.downloads.cancel_all()
         await asyncio.gather(*self._background, *downloads, return_exceptions=True)
         await self._control_server.stop(1.0)

@@ -71,6 +71,29 @@ class PeerLink:
             raise Lied(str(err)) from err
         return reply.manifest
 
+    async def fetch_origin_manifest(self, url_key: str) -> common_pb2.Manifest:
+        """The manifest an origin URL key resolved to at that peer (docs/origins.md): checked for shape, not id."""
+        try:
+            reply = await self.stub.GetManifest(
+                peer_pb2.GetManifestRequest(file_id=url_key), timeout=net.MANIFEST_DEADLINE
+            )
+        except grpc.aio.AioRpcError as err:
+            raise error_for(err) from err
+        try:
+            content.validate_manifest(reply.manifest, content.manifest_id(reply.manifest))
+        except content.ContentError as err:
+            raise Lied(str(err)) from err
+        return reply.manifest
+
+    async def replicate_to(self, file_id: str, url_key: str, url: str, timeout: float) -> common_pb2.FileInfo:
+        """Ask that peer to download a file from the swarm (preheat); returns once it holds it."""
+        request = peer_pb2.ReplicateRequest(file_id=file_id, url_key=url_key, url=url)
+        try:
+            reply = await self.stub.Replicate(request, timeout=timeout)
+        except grpc.aio.AioRpcError as err:
+            raise error_for(err) from err
+        return reply.file
+
     async def fetch_chunk(self, file_id: str, index: int, peer_id: str, timeout: float) -> wire.ChunkReply:
         """Fetch one chunk's bytes (unverified: the caller checks them), as a view into the reply."""
         request = peer_pb2.GetChunkRequest(file_id=file_id, index=index, peer_id=peer_id)

@@ -51,3 +51,39 @@ class HolderLookup(Protocol):
     async def holders(self, file_id: str, limit: int = 0) -> list[tracker_pb2.Holder]:
         """Live holders of the file."""
         ...
+
+
+class OriginLink(Protocol):
+    """The calls the importer makes to another peer."""
+
+    async def fetch_origin_manifest(self, url_key: str) -> common_pb2.Manifest:
+        """The manifest the key resolved to there."""
+        ...
+
+    async def fetch_chunk(self, file_id: str, index: int, peer_id: str, timeout: float) -> ChunkReply:
+        """One chunk of a part file (or of the file the key resolved to)."""
+        ...
+
+    async def replicate_to(self, file_id: str, url_key: str, url: str, timeout: float) -> common_pb2.FileInfo:
+        """Have that peer download a file (preheat)."""
+        ...
+
+
+class UrlTrackers(HolderLookup, Protocol):
+    """The trackers as the importer uses them: holders of a key, and a name search for the offline fallback."""
+
+    async def search(self, term: str) -> list[tracker_pb2.SearchFileResult]:
+        """Files whose name contains the term."""
+        ...
+
+    async def live_peers(self) -> list[common_pb2.PeerInfo]:
+        """Every live peer."""
+        ...
+
+
+class OriginLinks(Protocol):
+    """Links to peers by address."""
+
+    def link(self, address: str) -> OriginLink:
+        """The pooled link."""
+        ...

@@ -12,7 +12,7 @@ from typing import Protocol
 import grpc
 
 from shoal import content
-from shoal.peer.errors import Busy, Corrupt, Draining, NotHeld
+from shoal.peer.errors import Busy, Corrupt, DownloadError, Draining, NoHolders, NotHeld, TrackersUnavailable
 from shoal.peer.node import Node
 from shoal.peer.uploads import Uploads
 from shoal.peer.wire import SERVICE, ChunkReply, encode
@@ -67,23 +67,59 @@ async def _entry(node: Node, file_id: str, context: grpc.aio.ServicerContext) ->
     return entry
 
 
+class OriginService(Protocol):
+    """Origin URL keys as this peer serves them (peer.imports.OriginImports)."""
+
+    def resolve(self, key: str) -> str | None:
+        """The file id a URL key resolved to here, if held complete."""
+        ...
+
+    async def read_chunk(self, key: str, index: int) -> bytes | None:
+        """A chunk of the URL key's part file (or resolved file), if here."""
+        ...
+
+    async def replicate(self, file_id: str, url_key: str, url: str) -> Entry:
+        """Download the file from the swarm and remember the URL version it stands for."""
+        ...
+
+
 class PeerServicer:
     """Serves what this peer holds; every answer is checked by the caller against the file id."""
 
-    def __init__(self, node: Node, uploads: Uploads, swarms: Swarms) -> None:
+    def __init__(
+        self,
+        node: Node,
+        uploads: Uploads,
+        swarms: Swarms,
+        *,
+        origins: OriginService | None = None,
+    ) -> None:
         self._node = node
         self._uploads = uploads
         self._swarms = swarms
+        self._origins = origins
 
     async def GetManifest(
         self, request: peer_pb2.GetManifestRequest, context: grpc.aio.ServicerContext
     ) -> peer_pb2.GetManifestResponse:
-        entry = await _entry(self._node, request.file_id, context)
+        file_id = request.file_id
+        if self._origins is not None:
+            file_id = self._origins.resolve(file_id) or file_id
+        entry = await _entry(self._node, file_id, context)
         return peer_pb2.GetManifestResponse(manifest=entry.manifest)
 
     async def GetChunk(self, request: peer_pb2.GetChunkRequest, context: grpc.aio.ServicerContext) -> ChunkReply:
         if len(request.peer_id) > MAX_PEER_ID:
             await _refuse(context, grpc.StatusCode.INVALID_ARGUMENT, "peer id too long", request.peer_id)
+        if self._origins is not None and self._node.store.get(request.file_id) is None:
+            try:
+                data = await self._origins.read_chunk(request.file_id, request.index)
+            except (StoreError, OSError) as err:
+                logger.warning("cannot read chunk %d of URL key %s: %s", request.index, request.file_id[:12], err)
+                data = None
+            if data is not None:
+                self._node.stats.uploaded_bytes += len(data)
+                return ChunkReply(data=data, source_complete=False, bitfield=b"")
         entry = await _entry(self._node, request.file_id, context)
         nchunks = len(entry.manifest.chunk_sha256)
         if request.index >= nchunks:
@@ -144,6 +180,24 @@ class PeerServicer:
             known=node.sample_known(entry.file_id),
         )
 
+    async def Replicate(
+        self, request: peer_pb2.ReplicateRequest, context: grpc.aio.ServicerContext
+    ) -> peer_pb2.ReplicateResponse:
+        if self._origins is None:
+            await context.abort(grpc.StatusCode.UNIMPLEMENTED, "this peer does not replicate")
+        try:
+            file_id = content.parse_file_id(request.file_id)
+            key = content.parse_file_id(request.url_key) if request.url_key else ""
+        except content.ContentError as err:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(err))
+        try:
+            entry = await self._origins.replicate(file_id, key, request.url[:2048])
+        except NoHolders as err:
+            await context.abort(grpc.StatusCode.NOT_FOUND, str(err))
+        except (DownloadError, StoreError, TrackersUnavailable) as err:
+            await context.abort(grpc.StatusCode.FAILED_PRECONDITION, str(err))
+        return peer_pb2.ReplicateResponse(file=entry.info)
+
 
 def add_to_server(servicer: PeerServicer, server: grpc.aio.Server) -> None:
     """Register the Peer service; GetChunk replies are framed by `wire` (same bytes, fewer copies)."""
@@ -152,6 +206,11 @@ def add_to_server(servicer: PeerServicer, server: grpc.aio.Server) -> None:
             servicer.GetManifest,
             request_deserializer=peer_pb2.GetManifestRequest.FromString,
             response_serializer=peer_pb2.GetManifestResponse.SerializeToString,
+        ),
+        "Replicate": grpc.unary_unary_rpc_method_handler(
+            servicer.Replicate,
+            request_deserializer=peer_pb2.ReplicateRequest.FromString,
+            response_serializer=peer_pb2.ReplicateResponse.SerializeToString,
         ),
         "GetChunk": grpc.unary_unary_rpc_method_handler(
             servicer.GetChunk,

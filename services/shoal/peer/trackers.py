@@ -300,6 +300,13 @@ class TrackerClient:
                     merged[result.file.file_id] = result
         return sorted(merged.values(), key=lambda r: (r.file.name, r.file.file_id))
 
+    async def live_peers(self) -> list[common_pb2.PeerInfo]:
+        """Every live peer, the union over every replica that answers."""
+        answers = await self._ask_all(
+            lambda stub: stub.ListPeers(tracker_pb2.ListPeersRequest(), timeout=net.TRACKER_DEADLINE)
+        )
+        return list({p.peer_id: p for answer in answers for p in answer.peers}.values())
+
     async def holders(self, file_id: str, limit: int = 0) -> list[tracker_pb2.Holder]:
         """Holders of a file, the union over every replica that answers."""
         request = tracker_pb2.GetPeersRequest(file_id=file_id, limit=limit, exclude_peer_id=self._me.peer_id)

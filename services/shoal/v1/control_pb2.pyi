@@ -86,6 +86,76 @@ LOCAL_FILE_STATE_STOPPED: LocalFileState.ValueType  # 4
 Global___LocalFileState: _TypeAlias = LocalFileState  # noqa: Y015
 
 @_typing.final
+class PreheatRequest(_message.Message):
+    """PreheatRequest names an origin URL to import ahead of time."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    URL_FIELD_NUMBER: _builtins.int
+    HEADERS_FIELD_NUMBER: _builtins.int
+    S3_ENDPOINT_FIELD_NUMBER: _builtins.int
+    REPLICAS_FIELD_NUMBER: _builtins.int
+    DIGEST_FIELD_NUMBER: _builtins.int
+    url: _builtins.str
+    """The origin URL (http, https, s3 or oci)."""
+    s3_endpoint: _builtins.str
+    """S3-compatible endpoint URL for s3:// origins."""
+    replicas: _builtins.int
+    """Peers that should hold the file, this one included; 0 means 1."""
+    digest: _builtins.str
+    """The digest the whole file must match, as in GetRequest.digest."""
+    @_builtins.property
+    def headers(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Request headers for an http(s) origin, as in GetRequest.headers; never logged."""
+
+    def __init__(
+        self,
+        *,
+        url: _builtins.str = ...,
+        headers: _abc.Iterable[_builtins.str] | None = ...,
+        s3_endpoint: _builtins.str = ...,
+        replicas: _builtins.int = ...,
+        digest: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["digest", b"digest", "headers", b"headers", "replicas", b"replicas", "s3_endpoint", b"s3_endpoint", "url", b"url"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___PreheatRequest: _TypeAlias = PreheatRequest  # noqa: Y015
+
+@_typing.final
+class PreheatResponse(_message.Message):
+    """PreheatResponse says where the file now is."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    FILE_FIELD_NUMBER: _builtins.int
+    PEERS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def file(self) -> _common_pb2.FileInfo:
+        """The imported file."""
+
+    @_builtins.property
+    def peers(self) -> _containers.RepeatedCompositeFieldContainer[_common_pb2.PeerInfo]:
+        """The peers holding it because of this preheat, this one first."""
+
+    def __init__(
+        self,
+        *,
+        file: _common_pb2.FileInfo | None = ...,
+        peers: _abc.Iterable[_common_pb2.PeerInfo] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["file", b"file"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["file", b"file", "peers", b"peers"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___PreheatResponse: _TypeAlias = PreheatResponse  # noqa: Y015
+
+@_typing.final
 class PutRequest(_message.Message):
     """PutRequest names a local file to publish."""
 
@@ -175,6 +245,10 @@ class GetRequest(_message.Message):
     OUTPUT_FIELD_NUMBER: _builtins.int
     OVERWRITE_FIELD_NUMBER: _builtins.int
     OUTPUT_DIR_FIELD_NUMBER: _builtins.int
+    URL_FIELD_NUMBER: _builtins.int
+    HEADERS_FIELD_NUMBER: _builtins.int
+    DIGEST_FIELD_NUMBER: _builtins.int
+    S3_ENDPOINT_FIELD_NUMBER: _builtins.int
     file_id: _builtins.str
     """File id: 64 lowercase hex characters."""
     output: _builtins.str
@@ -183,6 +257,18 @@ class GetRequest(_message.Message):
     """Replace an existing file at the output path (otherwise the export refuses it, as dfget does)."""
     output_dir: _builtins.str
     """Absolute path of a directory: the file is written to output_dir/<name from the manifest> (output unset)."""
+    url: _builtins.str
+    """An origin URL (http, https, s3 or oci) to get instead of file_id: the swarm imports it once from the
+    origin and serves every other peer (docs/origins.md). file_id is then left empty.
+    """
+    digest: _builtins.str
+    """The digest the whole origin file must match, `sha256:HEX`; empty for none (oci:// URLs carry their own)."""
+    s3_endpoint: _builtins.str
+    """S3-compatible endpoint URL for s3:// origins; empty for AWS's own."""
+    @_builtins.property
+    def headers(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Request headers for an http(s) origin, one `Name: value` per entry; never logged."""
+
     def __init__(
         self,
         *,
@@ -190,10 +276,14 @@ class GetRequest(_message.Message):
         output: _builtins.str = ...,
         overwrite: _builtins.bool = ...,
         output_dir: _builtins.str = ...,
+        url: _builtins.str = ...,
+        headers: _abc.Iterable[_builtins.str] | None = ...,
+        digest: _builtins.str = ...,
+        s3_endpoint: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["file_id", b"file_id", "output", b"output", "output_dir", b"output_dir", "overwrite", b"overwrite"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["digest", b"digest", "file_id", b"file_id", "headers", b"headers", "output", b"output", "output_dir", b"output_dir", "overwrite", b"overwrite", "s3_endpoint", b"s3_endpoint", "url", b"url"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -350,16 +440,30 @@ class PeersRequest(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     FILE_ID_FIELD_NUMBER: _builtins.int
+    URL_FIELD_NUMBER: _builtins.int
+    HEADERS_FIELD_NUMBER: _builtins.int
+    S3_ENDPOINT_FIELD_NUMBER: _builtins.int
     file_id: _builtins.str
     """File id: 64 lowercase hex characters."""
+    url: _builtins.str
+    """An origin URL instead of file_id: the peers holding (or importing) its current version."""
+    s3_endpoint: _builtins.str
+    """S3-compatible endpoint URL for an s3:// origin URL."""
+    @_builtins.property
+    def headers(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Request headers for an http(s) origin URL, as in GetRequest.headers."""
+
     def __init__(
         self,
         *,
         file_id: _builtins.str = ...,
+        url: _builtins.str = ...,
+        headers: _abc.Iterable[_builtins.str] | None = ...,
+        s3_endpoint: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["file_id", b"file_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["file_id", b"file_id", "headers", b"headers", "s3_endpoint", b"s3_endpoint", "url", b"url"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -421,6 +525,7 @@ class LocalFile(_message.Message):
     STATE_FIELD_NUMBER: _builtins.int
     HELD_BYTES_FIELD_NUMBER: _builtins.int
     ALIASES_FIELD_NUMBER: _builtins.int
+    URL_FIELD_NUMBER: _builtins.int
     complete: _builtins.bool
     """True once every chunk is verified."""
     chunks_done: _builtins.int
@@ -435,6 +540,8 @@ class LocalFile(_message.Message):
     """Complete, downloading, partial or stopped."""
     held_bytes: _builtins.int
     """Bytes of it held on disk: the size once complete, the verified chunks while partial."""
+    url: _builtins.str
+    """The origin URL it was imported from (display form, no credentials); empty for a put file."""
     @_builtins.property
     def file(self) -> _common_pb2.FileInfo:
         """The file."""
@@ -455,10 +562,11 @@ class LocalFile(_message.Message):
         state: Global___LocalFileState.ValueType = ...,
         held_bytes: _builtins.int = ...,
         aliases: _abc.Iterable[_builtins.str] | None = ...,
+        url: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["file", b"file"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["aliases", b"aliases", "chunks_done", b"chunks_done", "chunks_total", b"chunks_total", "complete", b"complete", "file", b"file", "held_bytes", b"held_bytes", "last_used_unix", b"last_used_unix", "pinned", b"pinned", "state", b"state"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["aliases", b"aliases", "chunks_done", b"chunks_done", "chunks_total", b"chunks_total", "complete", b"complete", "file", b"file", "held_bytes", b"held_bytes", "last_used_unix", b"last_used_unix", "pinned", b"pinned", "state", b"state", "url", b"url"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

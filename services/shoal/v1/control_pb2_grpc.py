@@ -85,6 +85,11 @@ class ControlStub:
                 request_serializer=shoal_dot_v1_dot_control__pb2.VerifyRequest.SerializeToString,
                 response_deserializer=shoal_dot_v1_dot_control__pb2.VerifyResponse.FromString,
                 _registered_method=True)
+        self.Preheat = channel.unary_unary(
+                '/shoal.v1.Control/Preheat',
+                request_serializer=shoal_dot_v1_dot_control__pb2.PreheatRequest.SerializeToString,
+                response_deserializer=shoal_dot_v1_dot_control__pb2.PreheatResponse.FromString,
+                _registered_method=True)
 
 
 class ControlServicer:
@@ -165,6 +170,14 @@ class ControlServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Preheat(self, request, context):
+        """Preheat imports an origin URL into the swarm (once) and has it held by `replicas` peers, spread over
+        zones; returns when every one holds it.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_ControlServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -217,6 +230,11 @@ def add_ControlServicer_to_server(servicer, server):
                     servicer.Verify,
                     request_deserializer=shoal_dot_v1_dot_control__pb2.VerifyRequest.FromString,
                     response_serializer=shoal_dot_v1_dot_control__pb2.VerifyResponse.SerializeToString,
+            ),
+            'Preheat': grpc.unary_unary_rpc_method_handler(
+                    servicer.Preheat,
+                    request_deserializer=shoal_dot_v1_dot_control__pb2.PreheatRequest.FromString,
+                    response_serializer=shoal_dot_v1_dot_control__pb2.PreheatResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -490,6 +508,33 @@ class Control:
             '/shoal.v1.Control/Verify',
             shoal_dot_v1_dot_control__pb2.VerifyRequest.SerializeToString,
             shoal_dot_v1_dot_control__pb2.VerifyResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Preheat(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/shoal.v1.Control/Preheat',
+            shoal_dot_v1_dot_control__pb2.PreheatRequest.SerializeToString,
+            shoal_dot_v1_dot_control__pb2.PreheatResponse.FromString,
             options,
             channel_credentials,
             insecure,

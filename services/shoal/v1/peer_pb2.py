@@ -25,25 +25,29 @@ _sym_db = _symbol_database.Default()
 from shoal.v1 import common_pb2 as shoal_dot_v1_dot_common__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x13shoal/v1/peer.proto\x12\x08shoal.v1\x1a\x15shoal/v1/common.proto\"%\n\x12GetManifestRequest\x12\x0f\n\x07\x66ile_id\x18\x01 \x01(\t\";\n\x13GetManifestResponse\x12$\n\x08manifest\x18\x01 \x01(\x0b\x32\x12.shoal.v1.Manifest\"B\n\x0fGetChunkRequest\x12\x0f\n\x07\x66ile_id\x18\x01 \x01(\t\x12\r\n\x05index\x18\x02 \x01(\r\x12\x0f\n\x07peer_id\x18\x03 \x01(\t\"K\n\x10GetChunkResponse\x12\x0c\n\x04\x64\x61ta\x18\x01 \x01(\x0c\x12\x17\n\x0fsource_complete\x18\x02 \x01(\x08\x12\x10\n\x08\x62itfield\x18\x03 \x01(\x0c\"y\n\x0f\x45xchangeRequest\x12\x0f\n\x07\x66ile_id\x18\x01 \x01(\t\x12 \n\x04peer\x18\x02 \x01(\x0b\x32\x12.shoal.v1.PeerInfo\x12\x10\n\x08\x62itfield\x18\x03 \x01(\x0c\x12!\n\x05known\x18\x04 \x03(\x0b\x32\x12.shoal.v1.PeerInfo\"Y\n\x10\x45xchangeResponse\x12\x10\n\x08\x62itfield\x18\x01 \x01(\x0c\x12\x10\n\x08\x63omplete\x18\x02 \x01(\x08\x12!\n\x05known\x18\x03 \x03(\x0b\x32\x12.shoal.v1.PeerInfo2\xd8\x01\n\x04Peer\x12J\n\x0bGetManifest\x12\x1c.shoal.v1.GetManifestRequest\x1a\x1d.shoal.v1.GetManifestResponse\x12\x41\n\x08GetChunk\x12\x19.shoal.v1.GetChunkRequest\x1a\x1a.shoal.v1.GetChunkResponse\x12\x41\n\x08\x45xchange\x12\x19.shoal.v1.ExchangeRequest\x1a\x1a.shoal.v1.ExchangeResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x13shoal/v1/peer.proto\x12\x08shoal.v1\x1a\x15shoal/v1/common.proto\"A\n\x10ReplicateRequest\x12\x0f\n\x07\x66ile_id\x18\x01 \x01(\t\x12\x0f\n\x07url_key\x18\x02 \x01(\t\x12\x0b\n\x03url\x18\x03 \x01(\t\"5\n\x11ReplicateResponse\x12 \n\x04\x66ile\x18\x01 \x01(\x0b\x32\x12.shoal.v1.FileInfo\"%\n\x12GetManifestRequest\x12\x0f\n\x07\x66ile_id\x18\x01 \x01(\t\";\n\x13GetManifestResponse\x12$\n\x08manifest\x18\x01 \x01(\x0b\x32\x12.shoal.v1.Manifest\"B\n\x0fGetChunkRequest\x12\x0f\n\x07\x66ile_id\x18\x01 \x01(\t\x12\r\n\x05index\x18\x02 \x01(\r\x12\x0f\n\x07peer_id\x18\x03 \x01(\t\"K\n\x10GetChunkResponse\x12\x0c\n\x04\x64\x61ta\x18\x01 \x01(\x0c\x12\x17\n\x0fsource_complete\x18\x02 \x01(\x08\x12\x10\n\x08\x62itfield\x18\x03 \x01(\x0c\"y\n\x0f\x45xchangeRequest\x12\x0f\n\x07\x66ile_id\x18\x01 \x01(\t\x12 \n\x04peer\x18\x02 \x01(\x0b\x32\x12.shoal.v1.PeerInfo\x12\x10\n\x08\x62itfield\x18\x03 \x01(\x0c\x12!\n\x05known\x18\x04 \x03(\x0b\x32\x12.shoal.v1.PeerInfo\"Y\n\x10\x45xchangeResponse\x12\x10\n\x08\x62itfield\x18\x01 \x01(\x0c\x12\x10\n\x08\x63omplete\x18\x02 \x01(\x08\x12!\n\x05known\x18\x03 \x03(\x0b\x32\x12.shoal.v1.PeerInfo2\x9e\x02\n\x04Peer\x12J\n\x0bGetManifest\x12\x1c.shoal.v1.GetManifestRequest\x1a\x1d.shoal.v1.GetManifestResponse\x12\x41\n\x08GetChunk\x12\x19.shoal.v1.GetChunkRequest\x1a\x1a.shoal.v1.GetChunkResponse\x12\x41\n\x08\x45xchange\x12\x19.shoal.v1.ExchangeRequest\x1a\x1a.shoal.v1.ExchangeResponse\x12\x44\n\tReplicate\x12\x1a.shoal.v1.ReplicateRequest\x1a\x1b.shoal.v1.ReplicateResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'shoal.v1.peer_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_GETMANIFESTREQUEST']._serialized_start=56
-  _globals['_GETMANIFESTREQUEST']._serialized_end=93
-  _globals['_GETMANIFESTRESPONSE']._serialized_start=95
-  _globals['_GETMANIFESTRESPONSE']._serialized_end=154
-  _globals['_GETCHUNKREQUEST']._serialized_start=156
-  _globals['_GETCHUNKREQUEST']._serialized_end=222
-  _globals['_GETCHUNKRESPONSE']._serialized_start=224
-  _globals['_GETCHUNKRESPONSE']._serialized_end=299
-  _globals['_EXCHANGEREQUEST']._serialized_start=301
-  _globals['_EXCHANGEREQUEST']._serialized_end=422
-  _globals['_EXCHANGERESPONSE']._serialized_start=424
-  _globals['_EXCHANGERESPONSE']._serialized_end=513
-  _globals['_PEER']._serialized_start=516
-  _globals['_PEER']._serialized_end=732
+  _globals['_REPLICATEREQUEST']._serialized_start=56
+  _globals['_REPLICATEREQUEST']._serialized_end=121
+  _globals['_REPLICATERESPONSE']._serialized_start=123
+  _globals['_REPLICATERESPONSE']._serialized_end=176
+  _globals['_GETMANIFESTREQUEST']._serialized_start=178
+  _globals['_GETMANIFESTREQUEST']._serialized_end=215
+  _globals['_GETMANIFESTRESPONSE']._serialized_start=217
+  _globals['_GETMANIFESTRESPONSE']._serialized_end=276
+  _globals['_GETCHUNKREQUEST']._serialized_start=278
+  _globals['_GETCHUNKREQUEST']._serialized_end=344
+  _globals['_GETCHUNKRESPONSE']._serialized_start=346
+  _globals['_GETCHUNKRESPONSE']._serialized_end=421
+  _globals['_EXCHANGEREQUEST']._serialized_start=423
+  _globals['_EXCHANGEREQUEST']._serialized_end=544
+  _globals['_EXCHANGERESPONSE']._serialized_start=546
+  _globals['_EXCHANGERESPONSE']._serialized_end=635
+  _globals['_PEER']._serialized_start=638
+  _globals['_PEER']._serialized_end=924
 # @@protoc_insertion_point(module_scope)

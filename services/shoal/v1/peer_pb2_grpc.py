@@ -50,6 +50,11 @@ class PeerStub:
                 request_serializer=shoal_dot_v1_dot_peer__pb2.ExchangeRequest.SerializeToString,
                 response_deserializer=shoal_dot_v1_dot_peer__pb2.ExchangeResponse.FromString,
                 _registered_method=True)
+        self.Replicate = channel.unary_unary(
+                '/shoal.v1.Peer/Replicate',
+                request_serializer=shoal_dot_v1_dot_peer__pb2.ReplicateRequest.SerializeToString,
+                response_deserializer=shoal_dot_v1_dot_peer__pb2.ReplicateResponse.FromString,
+                _registered_method=True)
 
 
 class PeerServicer:
@@ -77,6 +82,14 @@ class PeerServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Replicate(self, request, context):
+        """Replicate asks this peer to download a file from the swarm into its store (preheat), and to remember the
+        origin URL version it stands for; returns once the file is held. NOT_FOUND when no peer holds it.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_PeerServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -94,6 +107,11 @@ def add_PeerServicer_to_server(servicer, server):
                     servicer.Exchange,
                     request_deserializer=shoal_dot_v1_dot_peer__pb2.ExchangeRequest.FromString,
                     response_serializer=shoal_dot_v1_dot_peer__pb2.ExchangeResponse.SerializeToString,
+            ),
+            'Replicate': grpc.unary_unary_rpc_method_handler(
+                    servicer.Replicate,
+                    request_deserializer=shoal_dot_v1_dot_peer__pb2.ReplicateRequest.FromString,
+                    response_serializer=shoal_dot_v1_dot_peer__pb2.ReplicateResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -178,6 +196,33 @@ class Peer:
             '/shoal.v1.Peer/Exchange',
             shoal_dot_v1_dot_peer__pb2.ExchangeRequest.SerializeToString,
             shoal_dot_v1_dot_peer__pb2.ExchangeResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Replicate(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/shoal.v1.Peer/Replicate',
+            shoal_dot_v1_dot_peer__pb2.ReplicateRequest.SerializeToString,
+            shoal_dot_v1_dot_peer__pb2.ReplicateResponse.FromString,
             options,
             channel_credentials,
             insecure,
