@@ -179,7 +179,13 @@ def _client_pod(host_dir: str, file_id: str, output: str) -> dict[str, Any]:
                     "name": "fetch",
                     # --overwrite: every pod on the node writes the same shared path (the same store copy)
                     "command": [
-                        "shoal", "--peer", "unix:/shoal/run/control.sock", "get", file_id, "--overwrite", "--output",
+                        "shoal",
+                        "--peer",
+                        "unix:/shoal/run/control.sock",
+                        "get",
+                        file_id,
+                        "--overwrite",
+                        "--output",
                         output,
                     ],  # fmt: skip
                     "securityContext": security,

@@ -386,6 +386,9 @@ def _tracker_name(url: str) -> str:
     return url.encode()[: content.MAX_NAME_BYTES].decode(errors="ignore")
 
 
+ORIGIN_SCHEMES = ("http", "https", "s3", "oci")
+
+
 def origin_bytes_counter(registry: CollectorRegistry | None) -> Callable[[str, str, int], None]:
     """shoal_peer_origin_bytes_total{scheme,outcome}: the offload ratio's denominator (bytes read from origins)."""
     if registry is None:
@@ -396,4 +399,7 @@ def origin_bytes_counter(registry: CollectorRegistry | None) -> Callable[[str, s
         ("scheme", "outcome"),
         registry=registry,
     )
+    for scheme in ORIGIN_SCHEMES:  # every known series from 0, so rates and the offload ratio have a denominator
+        for outcome in ("imported", "rejected"):
+            family.labels(scheme, outcome)
     return lambda scheme, outcome, n: family.labels(scheme, outcome).inc(n)
