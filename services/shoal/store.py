@@ -78,7 +78,10 @@ class Store(Bookkeeping):
         """Create the layout, clear scratch, and load every complete and partial file."""
         self.root.mkdir(mode=0o700, parents=True, exist_ok=True)
         if self.root.stat().st_mode & 0o077:
-            os.chmod(self.root, 0o700)  # not readable by other users (the daemon may open it to a control group)
+            try:
+                os.chmod(self.root, 0o700)  # not readable by other users (the daemon may open it to a control group)
+            except PermissionError:  # a volume's root owned by root with an fsGroup, as Kubernetes mounts it
+                logger.warning("data dir %s is not this user's to chmod; what it holds is still 0700/0600", self.root)
         for directory in (self._files, self._partial):
             directory.mkdir(mode=0o700, parents=True, exist_ok=True)
         shutil.rmtree(self._tmp, ignore_errors=True)

@@ -830,3 +830,25 @@ def test_a_download_is_flushed_as_it_is_written(store: Store, monkeypatch: pytes
         store.write_chunk(entry, index, parts[index])
     assert len(synced) == 2
     assert store.finish(entry).complete
+
+
+def test_open_keeps_a_volume_root_it_cannot_chmod(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A Kubernetes volume's root is root's (group fsGroup): the store still opens, its own dirs stay 0700."""
+    root = tmp_path / "volume"
+    root.mkdir(mode=0o775)
+    os.chmod(root, 0o2775)
+    real_chmod = os.chmod
+
+    def chmod(path: Any, mode: int, **kwargs: Any) -> None:
+        if Path(path) == root:
+            raise PermissionError(1, "Operation not permitted", str(path))
+        real_chmod(path, mode, **kwargs)
+
+    monkeypatch.setattr(os, "chmod", chmod)
+    store = Store(root)
+    store.open()
+    try:
+        assert (root / "files").stat().st_mode & 0o777 == 0o700  # setgid inherited from the volume is fine
+        assert stat.S_IMODE(root.stat().st_mode) == 0o2775
+    finally:
+        store.close()
