@@ -3,13 +3,29 @@
 from __future__ import annotations
 
 import logging
-import os
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from shoal import units
+from shoal.settings import (
+    ConfigError,
+    Setting,
+    absolute,
+    address,
+    addresses,
+    at_least,
+    bracketed,
+    choice,
+    chunk_size,
+    chunk_size_or_zero,
+    env,
+    integer,
+    parse_cache_size,
+    port,
+    positive,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -26,154 +42,6 @@ DEFAULT_DEMO_PEERS = 6
 DEFAULT_DEMO_SIZE = 64 * 1024 * 1024
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 LOG_FORMATS = ("text", "json")
-
-
-def env(name: str, default: str | None = None) -> str | None:
-    """Read SHOAL_<NAME>, treating an empty value as unset."""
-    value = os.environ.get(f"SHOAL_{name}")
-    return value if value else default
-
-
-@dataclass(frozen=True)
-class Setting:
-    """One setting: where it comes from (flag, then SHOAL_<env>, then default) and how it is read and checked."""
-
-    dest: str
-    flag: str
-    help: str
-    env: str | None = None
-    default: Any = None
-    parse: Callable[[str], Any] = str
-    check: Callable[[Any], None] | None = None
-    metavar: str | None = None
-    required: bool = False
-    fallback: Callable[[], Any] | None = None  # a default computed from other variables
-    shown_default: str | None = None  # the default as --help writes it
-
-    @property
-    def env_name(self) -> str | None:
-        """The variable's full name, or None when the setting has none."""
-        return f"SHOAL_{self.env}" if self.env else None
-
-    def read(self, flag_value: str | None) -> Any:
-        """The value from the flag, else the variable, else the default; ConfigError when wrong or missing."""
-        if flag_value is not None:
-            return self._convert(flag_value, f"{self.flag} {flag_value!r}")
-        text = env(self.env) if self.env else None
-        if text is not None:
-            return self._convert(text, f"{self.env_name}={text!r}")
-        value = self.fallback() if self.fallback is not None else self.default
-        if value is None and self.required:
-            raise ConfigError(self, f"{self.flag} {self.metavar or ''}".rstrip() + self._or_env() + " is required")
-        return value
-
-    def _convert(self, text: str, where: str) -> Any:
-        try:
-            value = self.parse(text)
-            if self.check is not None:
-                self.check(value)
-        except ValueError as err:
-            raise ConfigError(self, f"{where}: {err}") from None
-        return value
-
-    def _or_env(self) -> str:
-        return f" (or {self.env_name})" if self.env_name else ""
-
-
-class ConfigError(ValueError):
-    """A setting's value is missing or wrong; carries the setting so callers never read the message."""
-
-    def __init__(self, setting: Setting, message: str) -> None:
-        super().__init__(message)
-        self.setting = setting
-
-
-# ---- parsers and checks -------------------------------------------------------------------------
-
-
-def _int(text: str) -> int:
-    try:
-        return int(text.strip())
-    except ValueError:
-        raise ValueError("not an integer") from None
-
-
-def _choice(options: tuple[str, ...], *, upper: bool) -> Callable[[str], str]:
-    def parse(text: str) -> str:
-        value = text.strip().upper() if upper else text.strip().lower()
-        if value not in options:
-            raise ValueError(f"choose one of {', '.join(options)}")
-        return value
-
-    return parse
-
-
-def _at_least(low: float) -> Callable[[float], None]:
-    def check(value: float) -> None:
-        if value < low:
-            raise ValueError(f"must be at least {low:g}")
-
-    return check
-
-
-def _positive(value: float) -> None:
-    if value <= 0:
-        raise ValueError("must be positive")
-
-
-def _port(value: int) -> None:
-    if not 0 <= value <= 65535:
-        raise ValueError("not a port (0-65535)")
-
-
-def _address(value: str) -> None:
-    from shoal.net import split_host_port  # grpc comes with it: only the servers pay for it
-
-    split_host_port(value)
-
-
-def _addresses(text: str) -> tuple[str, ...]:
-    found = tuple(part.strip() for part in text.split(",") if part.strip())
-    if not found:
-        raise ValueError("no address given")
-    for address in found:
-        _address(address)
-    return found
-
-
-def _chunk_size(value: int) -> None:
-    from shoal import content
-
-    content.check_chunk_size(value)
-
-
-def _chunk_size_or_zero(value: int) -> None:
-    if value != 0:
-        _chunk_size(value)
-
-
-def parse_cache_size(text: str) -> int | float:
-    """--cache-size: bytes (int; 0 = no limit) or a share of the data dir's filesystem ('80%' -> 0.8)."""
-    body = text.strip()
-    if body.endswith("%"):
-        try:
-            percent = float(body[:-1].strip())
-        except ValueError:
-            raise ValueError("not a percentage (e.g. 80%)") from None
-        if not 0 < percent <= 100:
-            raise ValueError("a percentage must be above 0 and at most 100")
-        return percent / 100.0
-    return units.parse_size(body)
-
-
-def _absolute(text: str) -> Path:
-    return Path(text).expanduser().absolute()
-
-
-def _bracketed(text: str) -> str:
-    """host:port, with a bare IPv6 host (as $(POD_IP):7402 gives on IPv6 clusters) put in brackets."""
-    host, sep, port = text.strip().rpartition(":")
-    return f"[{host}]:{port}" if sep and ":" in host and not host.startswith("[") else text.strip()
 
 
 def _default_peer() -> str | None:
@@ -194,44 +62,44 @@ PEER = Setting(
 )
 LOG_LEVEL = Setting(
     "log_level", "--log-level", "log threshold", env="LOG_LEVEL", default="INFO",
-    parse=_choice(LOG_LEVELS, upper=True), metavar="{" + ",".join(LOG_LEVELS) + "}",
+    parse=choice(LOG_LEVELS, upper=True), metavar="{" + ",".join(LOG_LEVELS) + "}",
 )  # fmt: skip
 LOG_FORMAT = Setting(
     "log_format", "--log-format", "text lines, or one JSON object per line", env="LOG_FORMAT", default="text",
-    parse=_choice(LOG_FORMATS, upper=False), metavar="{text,json}",
+    parse=choice(LOG_FORMATS, upper=False), metavar="{text,json}",
 )  # fmt: skip
 METRICS_PORT = Setting(
     "metrics_port", "--metrics-port", "serve Prometheus metrics on this port", env="METRICS_PORT",
-    parse=_int, check=_port, metavar="PORT", shown_default="off",
+    parse=integer, check=port, metavar="PORT", shown_default="off",
 )  # fmt: skip
 
 TRACKER_LISTEN = Setting(
-    "listen", "--listen", "address to serve on", env="LISTEN", default="0.0.0.0:7400", check=_address,
+    "listen", "--listen", "address to serve on", env="LISTEN", default="0.0.0.0:7400", check=address,
     metavar="HOST:PORT",
 )  # fmt: skip
 ANNOUNCE_INTERVAL = Setting(
     "announce_interval", "--announce-interval", "time between a peer's announces (seconds, or 3s, 500ms)",
-    env="ANNOUNCE_INTERVAL", default=DEFAULT_ANNOUNCE_INTERVAL, parse=units.parse_duration, check=_positive,
+    env="ANNOUNCE_INTERVAL", default=DEFAULT_ANNOUNCE_INTERVAL, parse=units.parse_duration, check=positive,
     metavar="SECONDS",
 )  # fmt: skip
 PEER_TTL = Setting(
     "peer_ttl", "--peer-ttl", "forget a peer this long after its last announce", env="PEER_TTL",
-    parse=units.parse_duration, check=_positive, metavar="SECONDS", shown_default=f"{DEFAULT_TTL_INTERVALS} intervals",
+    parse=units.parse_duration, check=positive, metavar="SECONDS", shown_default=f"{DEFAULT_TTL_INTERVALS} intervals",
 )  # fmt: skip
 
 PEER_LISTEN = Setting(
-    "listen", "--listen", "peer-facing address", env="LISTEN", default="0.0.0.0:7401", check=_address,
+    "listen", "--listen", "peer-facing address", env="LISTEN", default="0.0.0.0:7401", check=address,
     metavar="HOST:PORT",
 )  # fmt: skip
 TRACKERS = Setting(
-    "tracker", "--tracker", "the trackers, comma-separated", env="TRACKER", parse=_addresses, required=True,
+    "tracker", "--tracker", "the trackers, comma-separated", env="TRACKER", parse=addresses, required=True,
     metavar="ADDR[,ADDR...]",
 )  # fmt: skip
 DATA_DIR = Setting(
-    "data_dir", "--data-dir", "where files live", env="DATA_DIR", parse=_absolute, required=True, metavar="DIR"
+    "data_dir", "--data-dir", "where files live", env="DATA_DIR", parse=absolute, required=True, metavar="DIR"
 )
 ADVERTISE = Setting(
-    "advertise", "--advertise", "address other peers dial", env="ADVERTISE", check=_address, metavar="HOST:PORT",
+    "advertise", "--advertise", "address other peers dial", env="ADVERTISE", check=address, metavar="HOST:PORT",
     shown_default="the listen address",
 )  # fmt: skip
 CONTROL = Setting(
@@ -240,7 +108,7 @@ CONTROL = Setting(
 )  # fmt: skip
 CONTROL_TOKEN_FILE = Setting(
     "control_token_file", "--control-token-file", "file holding the control API token (required for a TCP control"
-    " address; mode 0600)", env="CONTROL_TOKEN_FILE", parse=_absolute, metavar="FILE", shown_default="none",
+    " address; mode 0600)", env="CONTROL_TOKEN_FILE", parse=absolute, metavar="FILE", shown_default="none",
 )  # fmt: skip
 CONTROL_GROUP = Setting(
     "control_group", "--control-group", "group allowed to use the control socket (0660); each caller's paths are"
@@ -249,23 +117,23 @@ CONTROL_GROUP = Setting(
 ZONE = Setting("zone", "--zone", "topology zone, preferred for sources", env="ZONE", default="", metavar="ZONE")
 CHUNK_SIZE = Setting(
     "chunk_size", "--chunk-size", "chunk size of files this peer publishes, 16KiB-16MiB", env="CHUNK_SIZE",
-    default=DEFAULT_CHUNK_SIZE, parse=units.parse_size, check=_chunk_size, metavar="SIZE", shown_default="1MiB",
+    default=DEFAULT_CHUNK_SIZE, parse=units.parse_size, check=chunk_size, metavar="SIZE", shown_default="1MiB",
 )  # fmt: skip
 UPLOAD_LIMIT = Setting(
     "upload_limit", "--upload-limit", "upload cap (bytes/s, or 50MB/s, 50M); 0 = none", env="UPLOAD_LIMIT",
-    default=0, parse=units.parse_rate, check=_at_least(0), metavar="RATE",
+    default=0, parse=units.parse_rate, check=at_least(0), metavar="RATE",
 )  # fmt: skip
 DOWNLOAD_LIMIT = Setting(
     "download_limit", "--download-limit", "download cap (bytes/s, or 50MB/s, 50M); 0 = none", env="DOWNLOAD_LIMIT",
-    default=0, parse=units.parse_rate, check=_at_least(0), metavar="RATE",
+    default=0, parse=units.parse_rate, check=at_least(0), metavar="RATE",
 )  # fmt: skip
 UPLOAD_SLOTS = Setting(
     "upload_slots", "--upload-slots", "chunk replies served at once", env="UPLOAD_SLOTS",
-    default=DEFAULT_UPLOAD_SLOTS, parse=_int, check=_at_least(1), metavar="N",
+    default=DEFAULT_UPLOAD_SLOTS, parse=integer, check=at_least(1), metavar="N",
 )  # fmt: skip
 MAX_PEERS = Setting(
     "max_peers", "--max-peers", "sources one download uses at once", env="MAX_PEERS",
-    default=DEFAULT_MAX_PEERS_PER_DOWNLOAD, parse=_int, check=_at_least(1), metavar="N",
+    default=DEFAULT_MAX_PEERS_PER_DOWNLOAD, parse=integer, check=at_least(1), metavar="N",
 )  # fmt: skip
 CACHE_SIZE = Setting(
     "cache_size", "--cache-size",
@@ -275,43 +143,43 @@ CACHE_SIZE = Setting(
 )  # fmt: skip
 REQUESTS_PER_PEER = Setting(
     "requests_per_peer", "--requests-per-peer", "chunk requests in flight per source", env="REQUESTS_PER_PEER",
-    default=DEFAULT_REQUESTS_PER_PEER, parse=_int, check=_at_least(1), metavar="N",
+    default=DEFAULT_REQUESTS_PER_PEER, parse=integer, check=at_least(1), metavar="N",
 )  # fmt: skip
 INFLIGHT_BUDGET = Setting(
     "inflight_budget", "--inflight-budget",
     "chunk bytes all downloads may have requested or received but not yet written (one chunk always may)",
-    env="INFLIGHT_BUDGET", default=DEFAULT_INFLIGHT_BUDGET, parse=units.parse_size, check=_at_least(1),
+    env="INFLIGHT_BUDGET", default=DEFAULT_INFLIGHT_BUDGET, parse=units.parse_size, check=at_least(1),
     metavar="SIZE", shown_default="16MiB",
 )  # fmt: skip
 
 PUT_CHUNK_SIZE = Setting(
     "chunk_size", "--chunk-size", "chunk size for this file, 16KiB-16MiB", default=0, parse=units.parse_size,
-    check=_chunk_size_or_zero, metavar="SIZE", shown_default="the daemon's chunk size",
+    check=chunk_size_or_zero, metavar="SIZE", shown_default="the daemon's chunk size",
 )  # fmt: skip
 DEMO_PEERS = Setting(
-    "peers", "--peers", "leechers to start", env="DEMO_PEERS", default=DEFAULT_DEMO_PEERS, parse=_int,
-    check=_at_least(1), metavar="N",
+    "peers", "--peers", "leechers to start", env="DEMO_PEERS", default=DEFAULT_DEMO_PEERS, parse=integer,
+    check=at_least(1), metavar="N",
 )  # fmt: skip
 DEMO_SIZE = Setting(
     "size", "--size", "size of the demo file (bytes, or 1GiB, 500M)", env="DEMO_SIZE", default=DEFAULT_DEMO_SIZE,
-    parse=units.parse_size, check=_at_least(0), metavar="SIZE", shown_default="64MiB",
+    parse=units.parse_size, check=at_least(0), metavar="SIZE", shown_default="64MiB",
 )  # fmt: skip
 
 TLS_CERT = Setting(
     "tls_cert", "--tls-cert", "this process's certificate (PEM, chain first); with the key and CA: mutual TLS",
-    env="TLS_CERT", parse=_absolute, metavar="FILE", shown_default="off: plaintext",
+    env="TLS_CERT", parse=absolute, metavar="FILE", shown_default="off: plaintext",
 )  # fmt: skip
 TLS_KEY = Setting(
-    "tls_key", "--tls-key", "the certificate's private key (PEM)", env="TLS_KEY", parse=_absolute, metavar="FILE",
+    "tls_key", "--tls-key", "the certificate's private key (PEM)", env="TLS_KEY", parse=absolute, metavar="FILE",
     shown_default="off",
 )  # fmt: skip
 TLS_CA = Setting(
     "tls_ca", "--tls-ca", "the CA every peer's and tracker's certificate must chain to (PEM)", env="TLS_CA",
-    parse=_absolute, metavar="FILE", shown_default="off",
+    parse=absolute, metavar="FILE", shown_default="off",
 )  # fmt: skip
 HEALTH_LISTEN = Setting(
     "health_listen", "--health-listen", "plaintext gRPC health service only, for probes (use the pod IP)",
-    env="HEALTH_LISTEN", parse=_bracketed, check=_address, metavar="HOST:PORT", shown_default="off",
+    env="HEALTH_LISTEN", parse=bracketed, check=address, metavar="HOST:PORT", shown_default="off",
 )  # fmt: skip
 TLS = (TLS_CERT, TLS_KEY, TLS_CA, HEALTH_LISTEN)
 S3_ENDPOINT = Setting(

@@ -11,9 +11,9 @@ from pathlib import Path
 import pytest
 
 from shoal.peer.errors import Unreachable
-from shoal.peer.imports import claim_key, file_name
 from shoal.peer.parts import PartFile
 from shoal.peer.preheat import pick_spread, spread
+from shoal.peer.url_keys import claim_key, file_name
 from shoal.v1 import common_pb2, tracker_pb2
 
 logger = logging.getLogger(__name__)

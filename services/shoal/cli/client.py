@@ -13,40 +13,21 @@ from typing import Any
 
 import grpc
 
-from shoal import callers as access
 from shoal import content, net
 from shoal.cli import output
+from shoal.cli.channel import StreamCredentials, UnaryCredentials, caller_credentials, connect, unreachable
 from shoal.cli.errors import EXIT_FAILURE, EXIT_NOT_FOUND, EXIT_UNREACHABLE, EXIT_USAGE, CliError
+from shoal.cli.manage import cancel, pin, rm, unpin, verify
 from shoal.cli.output import escape
 from shoal.units import format_size
 from shoal.v1 import control_pb2, control_pb2_grpc
 
 logger = logging.getLogger(__name__)
 
-CONNECT_TIMEOUT = 5.0
 _CODES = {
     grpc.StatusCode.NOT_FOUND: EXIT_NOT_FOUND,
     grpc.StatusCode.INVALID_ARGUMENT: EXIT_USAGE,
 }
-
-
-def _unreachable(target: str) -> CliError:
-    return CliError(f"cannot reach the shoal daemon at {target} (is `shoal peer` running?)", EXIT_UNREACHABLE)
-
-
-async def _connect(channel: grpc.aio.Channel, target: str, timeout: float = CONNECT_TIMEOUT) -> None:
-    """Wait for the channel to be ready; a target that fails to resolve or connect is 'cannot reach'."""
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    state = channel.get_state(try_to_connect=True)
-    while state != grpc.ChannelConnectivity.READY:
-        if state in (grpc.ChannelConnectivity.TRANSIENT_FAILURE, grpc.ChannelConnectivity.SHUTDOWN):
-            raise _unreachable(target)
-        try:
-            await asyncio.wait_for(channel.wait_for_state_change(state), deadline - loop.time())
-        except TimeoutError:
-            raise CliError(f"the shoal daemon at {target} did not answer in time", EXIT_UNREACHABLE) from None
-        state = channel.get_state()
 
 
 async def run(args: argparse.Namespace) -> int:
@@ -54,17 +35,17 @@ async def run(args: argparse.Namespace) -> int:
     check_locally(args)
     if not args.peer:
         raise CliError("no daemon given: pass --peer ADDR or set SHOAL_PEER", EXIT_USAGE)
-    credentials = _credentials(args)
+    credentials = caller_credentials(args)
     try:
         channel = grpc.aio.insecure_channel(
             args.peer,
             options=net.CHANNEL_OPTIONS,
-            interceptors=[_UnaryCredentials(credentials), _StreamCredentials(credentials)],  # type: ignore[list-item]
+            interceptors=[UnaryCredentials(credentials), StreamCredentials(credentials)],  # type: ignore[list-item]
         )
     except (ValueError, RuntimeError):
-        raise _unreachable(args.peer) from None
+        raise unreachable(args.peer) from None
     async with channel:
-        await _connect(channel, args.peer)
+        await connect(channel, args.peer)
         stub = control_pb2_grpc.ControlStub(channel)
         try:
             return await COMMANDS[args.command](stub, args)
@@ -76,46 +57,6 @@ async def run(args: argparse.Namespace) -> int:
                     f"{err.details()} (pass --control-token-file or set SHOAL_CONTROL_TOKEN_FILE)", EXIT_FAILURE
                 ) from None
             raise CliError(err.details() or err.code().name, _CODES.get(err.code(), EXIT_FAILURE)) from None
-
-
-def _credentials(args: argparse.Namespace) -> Callable[[], list[tuple[str, str]]]:
-    """What proves who we are: the token on a TCP address, a fresh caller ticket on the unix socket."""
-    target = args.peer
-    if target.startswith("unix:"):
-        socket_path = Path(target.removeprefix("unix:").removeprefix("//"))
-        return lambda: [(access.TICKET_HEADER, t)] if (t := access.fetch_ticket(socket_path)) else []
-    token_file = getattr(args, "control_token_file", None)
-    if token_file is None:
-        return list
-    try:
-        token = access.read_token(token_file).decode("utf-8", "replace")
-    except access.AccessError as err:
-        raise CliError(str(err), EXIT_USAGE) from None
-    return lambda: [(access.TOKEN_HEADER, token)]
-
-
-class _Credentials:
-    """Adds the caller's credentials to every call (grpc.aio takes one interceptor object per call shape)."""
-
-    def __init__(self, credentials: Callable[[], list[tuple[str, str]]]) -> None:
-        self._credentials = credentials
-
-    def with_credentials(self, details: Any) -> Any:
-        extra = self._credentials()
-        if not extra:
-            return details
-        metadata = [*(details.metadata or ()), *extra]
-        return details._replace(metadata=grpc.aio.Metadata(*metadata))
-
-
-class _UnaryCredentials(_Credentials, grpc.aio.UnaryUnaryClientInterceptor):  # type: ignore[misc]
-    async def intercept_unary_unary(self, continuation: Any, details: Any, request: Any) -> Any:
-        return await continuation(self.with_credentials(details), request)
-
-
-class _StreamCredentials(_Credentials, grpc.aio.UnaryStreamClientInterceptor):  # type: ignore[misc]
-    async def intercept_unary_stream(self, continuation: Any, details: Any, request: Any) -> Any:
-        return await continuation(self.with_credentials(details), request)
 
 
 def _check_path_length(path: Path) -> None:
@@ -374,61 +315,6 @@ async def status(stub: control_pb2_grpc.ControlStub, args: argparse.Namespace) -
     quota = format_size(reply.cache_quota_bytes) if reply.cache_quota_bytes else "no limit"
     print(f"store     {format_size(reply.store_bytes)} held (quota {quota})")
     return 0
-
-
-async def verify(stub: control_pb2_grpc.ControlStub, args: argparse.Namespace) -> int:
-    """Re-hash a held file; exit 1 when it no longer matches (the daemon has dropped it)."""
-    reply = await stub.Verify(control_pb2.VerifyRequest(file_id=args.file_id))
-    if args.json:
-        output.print_json(reply)
-    elif reply.ok:
-        print(f"{reply.file.file_id}  {escape(reply.file.name)}  ok")
-    if not reply.ok:
-        raise CliError(
-            f"{reply.file.file_id} is corrupt ({len(reply.bad_chunks)} bad chunks); dropped from this peer",
-            EXIT_FAILURE,
-        )
-    return 0
-
-
-async def rm(stub: control_pb2_grpc.ControlStub, args: argparse.Namespace) -> int:
-    """Remove a file from this peer; exit 4 when it is not held."""
-    reply = await stub.Remove(control_pb2.RemoveRequest(file_id=args.file_id))
-    if args.json:
-        output.print_json(reply)
-    else:
-        print(f"removed {escape(reply.file.name)} ({format_size(reply.freed_bytes)}) {reply.file.file_id}")
-    return 0
-
-
-async def cancel(stub: control_pb2_grpc.ControlStub, args: argparse.Namespace) -> int:
-    """Stop a download and drop its partial data; exit 4 when no download of it is here."""
-    reply = await stub.Cancel(control_pb2.CancelRequest(file_id=args.file_id))
-    if args.json:
-        output.print_json(reply)
-    else:
-        print(f"cancelled {escape(reply.file.name)}: {format_size(reply.freed_bytes)} of partial data dropped")
-    return 0
-
-
-async def _pin(stub: control_pb2_grpc.ControlStub, args: argparse.Namespace, pinned: bool) -> int:
-    reply = await stub.Pin(control_pb2.PinRequest(file_id=args.file_id, pinned=pinned))
-    if args.json:
-        output.print_json(reply)
-    else:
-        verb = "pinned (never evicted)" if pinned else "unpinned (evictable)"
-        print(f"{verb}: {escape(reply.file.file.name)} {reply.file.file.file_id}")
-    return 0
-
-
-async def pin(stub: control_pb2_grpc.ControlStub, args: argparse.Namespace) -> int:
-    """Keep a file from eviction; exit 4 when it is not held."""
-    return await _pin(stub, args, True)
-
-
-async def unpin(stub: control_pb2_grpc.ControlStub, args: argparse.Namespace) -> int:
-    """Let the quota evict a file again; exit 4 when it is not held."""
-    return await _pin(stub, args, False)
 
 
 COMMANDS: dict[str, Callable[[control_pb2_grpc.ControlStub, argparse.Namespace], Coroutine[Any, Any, int]]] = {

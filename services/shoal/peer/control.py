@@ -4,37 +4,30 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
 import time
 from collections.abc import AsyncIterator
-from pathlib import Path
-from typing import NoReturn
 
 import grpc
 
 from shoal import content
-from shoal.cache import NoRoom
 from shoal.origins import (
     InvalidHeader,
-    OriginDenied,
     OriginError,
-    OriginNotFound,
     OriginOptions,
-    OriginUnavailable,
-    UnsupportedOrigin,
     parse_headers,
 )
 from shoal.peer import access
+from shoal.peer.control_status import absolute, fail, outside, require_access, require_caller
 from shoal.peer.downloads import Downloads
-from shoal.peer.errors import DownloadError, NoHolders, TrackersUnavailable
+from shoal.peer.errors import DownloadError, TrackersUnavailable
 from shoal.peer.imports import OriginImports, Progress
 from shoal.peer.keeper import Keeper
-from shoal.peer.listing import OutputExists, local_file, named_output
+from shoal.peer.listing import local_file, named_output
 from shoal.peer.node import Node
 from shoal.peer.progress import verified_bytes
 from shoal.peer.swarm import Download
 from shoal.peer.trackers import TrackerClient
-from shoal.store import DiskFull, Entry, NotHeld, StoreError, check_output, check_source
+from shoal.store import Entry, StoreError, check_output, check_source
 from shoal.v1 import common_pb2, control_pb2, control_pb2_grpc
 
 logger = logging.getLogger(__name__)
@@ -46,41 +39,6 @@ _METHODS = {
     "link": control_pb2.PUT_METHOD_LINK,
     "copy": control_pb2.PUT_METHOD_COPY,
 }
-
-
-async def _fail(context: grpc.aio.ServicerContext, err: Exception) -> NoReturn:
-    """Turn a domain error into a gRPC status with a clear message."""
-    if isinstance(err, (content.ContentError, UnsupportedOrigin, InvalidHeader)):
-        code = grpc.StatusCode.INVALID_ARGUMENT
-    elif isinstance(err, (OriginNotFound, OriginDenied)):
-        code = grpc.StatusCode.NOT_FOUND  # exit 4 with the origin's status in the one line
-    elif isinstance(err, OriginUnavailable):
-        code = grpc.StatusCode.UNAVAILABLE
-    elif isinstance(err, (NoHolders, NotHeld)):
-        code = grpc.StatusCode.NOT_FOUND
-    elif isinstance(err, TrackersUnavailable):
-        code = grpc.StatusCode.UNAVAILABLE
-    elif isinstance(err, (DiskFull, NoRoom)):
-        code = grpc.StatusCode.RESOURCE_EXHAUSTED
-    elif isinstance(err, OutputExists):
-        code = grpc.StatusCode.ALREADY_EXISTS
-    else:
-        code = grpc.StatusCode.FAILED_PRECONDITION
-    await context.abort(code, str(err))
-    raise AssertionError("unreachable")
-
-
-def _absolute(path: str, what: str) -> Path:
-    if not path or "\x00" in path or not Path(path).is_absolute():
-        raise content.ContentError(f"{what} must be an absolute path, got {path[:200]!r}")
-    return Path(path)
-
-
-def _outside(output: Path, data_dir: Path) -> None:
-    """A download is never placed inside the data dir (it would overwrite the store's own files)."""
-    real, root = Path(os.path.realpath(output)), Path(os.path.realpath(data_dir))
-    if real == root or root in real.parents:
-        raise content.ContentError(f"output {str(output)[:200]!r} is inside the data dir {str(data_dir)!r}")
 
 
 class ControlServicer(control_pb2_grpc.ControlServicer):
@@ -103,32 +61,18 @@ class ControlServicer(control_pb2_grpc.ControlServicer):
         self._imports = imports
         self._tickets = tickets  # None: every caller is trusted (TCP with a token, or a 0600 socket)
 
-    async def _caller(self, context: grpc.aio.ServicerContext) -> access.Caller:
-        caller = access.caller_of(context, self._tickets)
-        if caller is None:
-            await context.abort(grpc.StatusCode.UNAUTHENTICATED, "no valid caller ticket (use the shoal CLI)")
-        assert caller is not None
-        return caller
-
-    async def _allowed(self, context: grpc.aio.ServicerContext, caller: access.Caller, path: Path, mode: str) -> None:
-        try:
-            await access.check_path(caller, path, mode)
-        except access.Denied as err:
-            logger.warning("control %s refused: %s", mode, err)
-            await context.abort(grpc.StatusCode.PERMISSION_DENIED, str(err))
-
     async def Put(self, request: control_pb2.PutRequest, context: grpc.aio.ServicerContext) -> control_pb2.PutResponse:
         node = self._node
-        caller = await self._caller(context)
+        caller = await require_caller(context, self._tickets)
         try:
-            source = _absolute(request.path, "path")
+            source = absolute(request.path, "path")
             name = content.check_name(request.name or source.name)
             chunk_size = content.check_chunk_size(request.chunk_size or node.config.chunk_size)
         except content.ContentError as err:
-            await _fail(context, err)
-        await self._allowed(context, caller, source, "read")
+            await fail(context, err)
+        await require_access(context, caller, source, "read")
         if request.move:  # taking the file in removes it from its directory: the caller must be able to do that
-            await self._allowed(context, caller, source.parent, "write")
+            await require_access(context, caller, source.parent, "write")
         try:
             await asyncio.to_thread(check_source, source)
             await self._keeper.admit("", (await asyncio.to_thread(source.stat)).st_size)
@@ -136,9 +80,9 @@ class ControlServicer(control_pb2_grpc.ControlServicer):
                 node.store.put, source, name, chunk_size, move=request.move, link=not request.copy
             )
         except (content.ContentError, StoreError) as err:
-            await _fail(context, err)
+            await fail(context, err)
         except OSError as err:
-            await _fail(context, StoreError(f"cannot read {request.path}: {err.strerror or err}"))
+            await fail(context, StoreError(f"cannot read {request.path}: {err.strerror or err}"))
         entry = placed.entry
         logger.info("published %s as %s (%d bytes, %s)", name, entry.file_id, entry.manifest.size, placed.method)
         self._trackers.announce_soon()
@@ -159,20 +103,20 @@ class ControlServicer(control_pb2_grpc.ControlServicer):
                 yield message
             return
         downloads = self._downloads
-        caller = await self._caller(context)
+        caller = await require_caller(context, self._tickets)
         try:
             file_id = content.parse_file_id(request.file_id)
-            output = _absolute(request.output, "output") if request.output else None
-            into = _absolute(request.output_dir, "output_dir") if request.output_dir and output is None else None
+            output = absolute(request.output, "output") if request.output else None
+            into = absolute(request.output_dir, "output_dir") if request.output_dir and output is None else None
             for target in (output, into):
                 if target is not None:
-                    _outside(target, self._node.config.data_dir)
+                    outside(target, self._node.config.data_dir)
         except content.ContentError as err:
-            await _fail(context, err)
+            await fail(context, err)
         if output is not None:
-            await self._allowed(context, caller, output, "write")
+            await require_access(context, caller, output, "write")
         if into is not None:
-            await self._allowed(context, caller, into, "write")
+            await require_access(context, caller, into, "write")
         try:
             if output is not None:
                 await asyncio.to_thread(check_output, output)
@@ -183,7 +127,7 @@ class ControlServicer(control_pb2_grpc.ControlServicer):
                 named_output(into, known.manifest.name, overwrite=request.overwrite)  # refuse before downloading
             await asyncio.to_thread(self._node.store.unstop, file_id)  # asked again: resume it at start too
         except (content.ContentError, StoreError) as err:
-            await _fail(context, err)
+            await fail(context, err)
         started = time.monotonic()
         download, task = downloads.start(file_id, str(output) if output else "")
         downloads.attach(file_id)
@@ -199,13 +143,13 @@ class ControlServicer(control_pb2_grpc.ControlServicer):
             entry = task.result()
             if into is not None:
                 output = named_output(into, entry.manifest.name, overwrite=request.overwrite)
-                await self._allowed(context, caller, output, "write")
+                await require_access(context, caller, output, "write")
             if output is not None:
                 if await self._corrupt(entry):
                     await context.abort(grpc.StatusCode.DATA_LOSS, f"the copy of {file_id} here is corrupt; dropped it")
                 await asyncio.to_thread(self._node.store.export, entry, output)
         except (DownloadError, StoreError, TrackersUnavailable) as err:
-            await _fail(context, err)
+            await fail(context, err)
         except asyncio.CancelledError:
             await context.abort(grpc.StatusCode.CANCELLED, "download stopped (cancelled, removed, or peer stopping)")
         final = self._progress(download, done=True)
@@ -231,7 +175,7 @@ class ControlServicer(control_pb2_grpc.ControlServicer):
         try:
             file_id = content.parse_file_id(request.file_id)
         except content.ContentError as err:
-            await _fail(context, err)
+            await fail(context, err)
         entry = self._node.store.get(file_id)
         if entry is None or not entry.complete:
             await context.abort(grpc.StatusCode.NOT_FOUND, f"no complete copy of {file_id} here")
@@ -239,7 +183,7 @@ class ControlServicer(control_pb2_grpc.ControlServicer):
         try:
             bad = await self._corrupt(entry, always=True)
         except StoreError as err:
-            await _fail(context, err)
+            await fail(context, err)
         return control_pb2.VerifyResponse(file=entry.info, ok=not bad, bad_chunks=bad[:100])
 
     async def _get_url(
@@ -249,18 +193,18 @@ class ControlServicer(control_pb2_grpc.ControlServicer):
         imports = self._imports
         if imports is None:
             await context.abort(grpc.StatusCode.UNIMPLEMENTED, "this daemon does not get origin URLs")
-        caller = await self._caller(context)
+        caller = await require_caller(context, self._tickets)
         try:
-            output = _absolute(request.output, "output") if request.output else None
-            into = _absolute(request.output_dir, "output_dir") if request.output_dir and output is None else None
+            output = absolute(request.output, "output") if request.output else None
+            into = absolute(request.output_dir, "output_dir") if request.output_dir and output is None else None
             for target in (output, into):
                 if target is not None:
-                    _outside(target, self._node.config.data_dir)
+                    outside(target, self._node.config.data_dir)
         except content.ContentError as err:
-            await _fail(context, err)
+            await fail(context, err)
         for target in (output, into):
             if target is not None:
-                await self._allowed(context, caller, target, "write")
+                await require_access(context, caller, target, "write")
         try:
             if output is not None:
                 await asyncio.to_thread(check_output, output)
@@ -272,7 +216,7 @@ class ControlServicer(control_pb2_grpc.ControlServicer):
                 s3_endpoint=request.s3_endpoint or None,
             )
         except (content.ContentError, StoreError, InvalidHeader) as err:
-            await _fail(context, err)
+            await fail(context, err)
         started = time.monotonic()
         progress = Progress(request.url)
         task = imports.get(request.url, options, progress)
@@ -283,11 +227,11 @@ class ControlServicer(control_pb2_grpc.ControlServicer):
             entry = task.result()
             if into is not None:
                 output = named_output(into, entry.manifest.name, overwrite=request.overwrite)
-                await self._allowed(context, caller, output, "write")
+                await require_access(context, caller, output, "write")
             if output is not None:
                 await asyncio.to_thread(self._node.store.export, entry, output)
         except (OriginError, DownloadError, StoreError, TrackersUnavailable) as err:
-            await _fail(context, err)
+            await fail(context, err)
         final = control_pb2.GetProgress(
             file=entry.info, done=True, done_bytes=entry.manifest.size, total_bytes=entry.manifest.size
         )
@@ -310,7 +254,7 @@ class ControlServicer(control_pb2_grpc.ControlServicer):
         imports = self._imports
         if imports is None:
             await context.abort(grpc.StatusCode.UNIMPLEMENTED, "this daemon does not get origin URLs")
-        await self._caller(context)
+        await require_caller(context, self._tickets)
         try:
             options = OriginOptions(
                 headers=parse_headers(request.headers),
@@ -319,7 +263,7 @@ class ControlServicer(control_pb2_grpc.ControlServicer):
             )
             entry, peers = await imports.preheat(request.url, options, max(1, request.replicas))
         except (OriginError, DownloadError, StoreError, TrackersUnavailable, InvalidHeader) as err:
-            await _fail(context, err)
+            await fail(context, err)
         logger.info("preheated %s as %s on %d peers", entry.file_id, request.url[:200], len(peers))
         return control_pb2.PreheatResponse(file=entry.info, peers=peers)
 
@@ -351,7 +295,7 @@ class ControlServicer(control_pb2_grpc.ControlServicer):
         try:
             results = await self._trackers.search(request.term)
         except TrackersUnavailable as err:
-            await _fail(context, err)
+            await fail(context, err)
         return control_pb2.SearchResponse(results=results)
 
     async def Peers(
@@ -365,7 +309,7 @@ class ControlServicer(control_pb2_grpc.ControlServicer):
                 file_id = content.parse_file_id(request.file_id)
             holders = await self._trackers.holders(file_id)
         except (content.ContentError, TrackersUnavailable, OriginError, InvalidHeader) as err:
-            await _fail(context, err)
+            await fail(context, err)
         return control_pb2.PeersResponse(holders=holders)
 
     async def List(
@@ -403,7 +347,7 @@ class ControlServicer(control_pb2_grpc.ControlServicer):
         try:
             entry = await self._keeper.remove(content.parse_file_id(request.file_id))
         except (content.ContentError, StoreError) as err:
-            await _fail(context, err)
+            await fail(context, err)
         return control_pb2.RemoveResponse(file=entry.info, freed_bytes=entry.held_bytes)
 
     async def Cancel(
@@ -412,12 +356,12 @@ class ControlServicer(control_pb2_grpc.ControlServicer):
         try:
             entry = await self._keeper.cancel(content.parse_file_id(request.file_id))
         except (content.ContentError, StoreError) as err:
-            await _fail(context, err)
+            await fail(context, err)
         return control_pb2.CancelResponse(file=entry.info, freed_bytes=entry.held_bytes)
 
     async def Pin(self, request: control_pb2.PinRequest, context: grpc.aio.ServicerContext) -> control_pb2.PinResponse:
         try:
             entry = await self._keeper.pin(content.parse_file_id(request.file_id), request.pinned)
         except (content.ContentError, StoreError) as err:
-            await _fail(context, err)
+            await fail(context, err)
         return control_pb2.PinResponse(file=local_file(entry, self._downloads.active()))

@@ -17,13 +17,10 @@ arrives at the same R; a digest (oci:// or --digest) is checked before that.
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import logging
 import random
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from pathlib import PurePosixPath
-from urllib.parse import urlsplit
 
 from prometheus_client import CollectorRegistry, Counter
 
@@ -43,6 +40,7 @@ from shoal.peer.origin_index import OriginIndex
 from shoal.peer.parts import PartFile
 from shoal.peer.ports import OriginLinks, UrlTrackers
 from shoal.peer.preheat import spread
+from shoal.peer.url_keys import claim_key, file_name, held_file, tracker_name
 from shoal.store import Entry
 from shoal.v1 import common_pb2, tracker_pb2
 
@@ -68,21 +66,6 @@ class Progress:
     total_bytes: int = 0
     done_bytes: int = 0
     file_id: str = ""  # R once a download of it runs: its progress is read from the store then
-
-
-def claim_key(key: str) -> str:
-    """The id whose holders are the claimants of key's import (at most one once claims settle)."""
-    return hashlib.sha256(f"shoal-origin-claim/1\n{key}".encode()).hexdigest()
-
-
-def file_name(url: str, key: str) -> str:
-    """The name the imported file is published under: the URL path's last part, else origin-<key>."""
-    path = urlsplit(url).path if "://" in url else url
-    name = PurePosixPath(path.split("@", 1)[0]).name
-    try:
-        return content.check_name(name)
-    except content.ContentError:
-        return f"origin-{key[:16]}"
 
 
 class OriginImports:
@@ -129,12 +112,14 @@ class OriginImports:
     def held(self) -> list[tracker_pb2.HeldFile]:
         """What to announce: claims, part files with a chunk to serve, and keys resolved to a complete file here."""
         files = [
-            _held(claim_key(key), f"shoal-import-claim-{key[:16]}", size, complete=False)
+            held_file(claim_key(key), f"shoal-import-claim-{key[:16]}", size, complete=False)
             for key, (_, size) in self._claims.items()
         ]
-        files += [_held(key, url, part.size, complete=False) for key, (url, part) in self._parts.items() if part.length]
         files += [
-            _held(key, url, size, complete=True) for key, (url, _, size) in self._index.items() if self.resolve(key)
+            held_file(key, url, part.size, complete=False) for key, (url, part) in self._parts.items() if part.length
+        ]
+        files += [
+            held_file(key, url, size, complete=True) for key, (url, _, size) in self._index.items() if self.resolve(key)
         ]
         return files
 
@@ -325,7 +310,7 @@ class OriginImports:
 
     async def _offline(self, url: str, err: OriginUnavailable, digest: str | None, progress: Progress) -> Entry:
         """The origin is down: take the version of the URL the most peers hold complete, if any (as after preheat)."""
-        name = _tracker_name(url)
+        name = tracker_name(url)
         try:
             results = await self._trackers.search(name)
         except TrackersUnavailable:
@@ -373,17 +358,6 @@ class OriginImports:
     def _remember(self, key: str, file: OriginFile, file_id: str) -> None:
         self._index.add(key, file.url, file_id, file.size)
         self._announce_soon()
-
-
-def _held(key: str, url: str, size: int, *, complete: bool) -> tracker_pb2.HeldFile:
-    """A URL key as the trackers see it: named by its URL (cut to the trackers' 255 bytes)."""
-    info = common_pb2.FileInfo(file_id=key, name=_tracker_name(url), size=size)
-    return tracker_pb2.HeldFile(file=info, complete=complete)
-
-
-def _tracker_name(url: str) -> str:
-    """The display URL cut to the trackers' 255-byte names."""
-    return url.encode()[: content.MAX_NAME_BYTES].decode(errors="ignore")
 
 
 ORIGIN_SCHEMES = ("http", "https", "s3", "oci")

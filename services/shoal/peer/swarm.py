@@ -15,7 +15,6 @@ import logging
 import random
 import time
 from collections.abc import Awaitable, Callable, Coroutine
-from dataclasses import dataclass, field
 
 from shoal import content
 from shoal.peer.errors import Busy, DownloadError, Lied, LinkError, NoHolders, NotHeld
@@ -24,7 +23,8 @@ from shoal.peer.node import Node
 from shoal.peer.picker import Picker
 from shoal.peer.ports import HolderLookup, Link, Links
 from shoal.peer.progress import Summary, verified_bytes
-from shoal.peer.sources import COOL_OFF_FAILING, COOL_OFF_GONE, COOL_OFF_STALLED, Source, Sources
+from shoal.peer.source_sessions import Session, SourceSessions
+from shoal.peer.sources import COOL_OFF_GONE, Source, Sources
 from shoal.store import Entry, StoreError
 from shoal.v1 import common_pb2
 
@@ -38,16 +38,7 @@ MAX_VERIFYING = 8  # received chunks waiting for hash and write, beyond which re
 TICK = 1.0  # with nothing heard, the dispatcher still looks this often (stalls, cool-offs ending)
 
 
-@dataclass
-class _Session:
-    """The tasks running against one admitted source."""
-
-    link: Link
-    exchange: asyncio.Task[None] | None = None
-    fetches: dict[int, asyncio.Task[None]] = field(default_factory=dict)
-
-
-class Download:
+class Download(SourceSessions):
     """Fetches one file into the store from the swarm, verifying every chunk."""
 
     def __init__(
@@ -79,7 +70,7 @@ class Download:
         self._sources = Sources(
             node.info, node.config.max_peers, node.config.requests_per_peer, clock=clock, rng=self._rng
         )
-        self._sessions: dict[str, _Session] = {}
+        self._sessions: dict[str, Session] = {}
         self._picker: Picker | None = None
         self._wake = asyncio.Event()
         self._started = self._last_progress = self._transfer_started = clock()
@@ -203,56 +194,6 @@ class Download:
     async def _refresh_from_trackers(self) -> None:
         self.add_sources(await holders_from_trackers(self.node, self._trackers, self.file_id))
 
-    # ---- sources in and out ---------------------------------------------------------------------
-    def _admit(self) -> None:
-        new, retire = self._sources.admit()
-        if retire is not None:
-            self._retire(retire)
-        for source in new:
-            session = self._sessions[source.key] = _Session(self._links.link(source.key))
-            session.exchange = asyncio.create_task(self._exchange_loop(source, session.link))
-
-    def _stop(self, source: Source) -> None:
-        """Cancel its tasks and take its chunks out of the picker's counts."""
-        session = self._sessions.pop(source.key, None)
-        if session is not None:
-            if session.exchange is not None:
-                session.exchange.cancel()
-            for task in session.fetches.values():
-                task.cancel()
-        if self._picker is not None:
-            self._picker.remove_source(source.key)
-
-    def _retire(self, source: Source) -> None:
-        self._stop(source)
-        self._sources.remove(source)
-
-    def _drop_dead(self, source: Source, cool_off: float) -> None:
-        """Stop using it, and keep it out (but remembered) for `cool_off` seconds."""
-        source.cool_off(cool_off)
-        self._stop(source)
-        self.node.forget(self.file_id, source.info.peer_id)
-        self._notify()
-
-    def _drop_stalled(self) -> None:
-        """A source that hangs (no RST, e.g. SIGSTOP) or crawls: hand its in-flight chunks to others."""
-        assert self._picker is not None
-        for source in self._sources.stalled(self._chunk_size, self._picker.useful):
-            quiet = self._clock() - source.last_activity
-            logger.warning(
-                "source %s sent nothing for %.0fs with %d requests in flight; switching",
-                source.key,
-                quiet,
-                source.inflight,
-            )
-            self._drop_dead(source, COOL_OFF_STALLED)
-
-    def _failed(self, source: Source, err: LinkError) -> None:
-        if source.failed():
-            logger.warning("source %s failing (%s); switching to other holders", source.key, err)
-            self._drop_dead(source, COOL_OFF_FAILING)
-            self._spawn(self._links.drop(source.key))
-
     # ---- requests ---------------------------------------------------------------------------------
     def _room_in_budget(self, length: int) -> bool:
         """Bytes in flight (requested, or received and not yet written) stay within the peer's budget."""
@@ -347,7 +288,7 @@ class Download:
         except StoreError as err:
             self._failure = err
 
-    def _fetch_done(self, source: Source, session: _Session, index: int, task: asyncio.Task[None]) -> None:
+    def _fetch_done(self, source: Source, session: Session, index: int, task: asyncio.Task[None]) -> None:
         """Bookkeeping for every fetch, including one cancelled before it ever ran."""
         if session.fetches.get(index) is task:
             del session.fetches[index]

@@ -6,7 +6,7 @@ import logging
 from dataclasses import dataclass
 from typing import NamedTuple
 
-from shoal.tracker.files import FileMeta
+from shoal.tracker.files import FileMeta, Holding
 
 logger = logging.getLogger(__name__)
 
@@ -97,3 +97,14 @@ class Opened(NamedTuple):
     secret: str
     session: int
     left_out: int
+
+
+@dataclass(slots=True)
+class Lease:
+    """A peer's lease: until when it lives, what it holds, its secret and the session keeping it."""
+
+    peer: Peer
+    expires_at: float
+    holdings: dict[str, Holding]
+    secret: str = ""  # "" : not bound (registered by a peer that does not keep secrets)
+    session: int = 0  # token of the Session stream holding the lease (expires_at is then inf); 0: announces do

@@ -5,18 +5,17 @@ from __future__ import annotations
 import hmac
 import logging
 import math
-import random
 import secrets
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
 
 from shoal.tracker.files import FileIndex, FileMeta, Holding
 from shoal.tracker.model import (
     AddressTaken,
     Announced,
     Holder,
+    Lease,
     Limits,
     NotOwner,
     Opened,
@@ -27,8 +26,22 @@ from shoal.tracker.model import (
     SessionLost,
     Stats,
 )
+from shoal.tracker.queries import (
+    DEFAULT_HOLDERS_LIMIT,
+    DEFAULT_SEARCH_LIMIT,
+    MAX_HOLDERS_LIMIT,
+    MAX_LIST_PEERS,
+    MAX_SEARCH_LIMIT,
+    Queries,
+    clamp_limit,
+)
 
 __all__ = [
+    "DEFAULT_HOLDERS_LIMIT",
+    "DEFAULT_SEARCH_LIMIT",
+    "MAX_HOLDERS_LIMIT",
+    "MAX_LIST_PEERS",
+    "MAX_SEARCH_LIMIT",
     "AddressTaken",
     "Announced",
     "FileMeta",
@@ -49,31 +62,12 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-DEFAULT_SEARCH_LIMIT = 100
-MAX_SEARCH_LIMIT = 1000
-DEFAULT_HOLDERS_LIMIT = 50
-MAX_HOLDERS_LIMIT = 1000
-MAX_LIST_PEERS = 20_000  # ListPeers reply: 20,000 peers of at most ~520 bytes stay under the 17 MiB message cap
 SECRET_BYTES = 32  # random bytes in a secret the registry issues (43 characters of base64url)
 MIN_SECRET = 22  # characters a secret the peer brings needs to be kept (~128 bits in base64url)
 CAP_LOG_EVERY = 10.0  # seconds between log lines about files left out for a cap
 
 
-@dataclass(slots=True)
-class _Lease:
-    peer: Peer
-    expires_at: float
-    holdings: dict[str, Holding]
-    secret: str = ""  # "" : not bound (registered by a peer that does not keep secrets)
-    session: int = 0  # token of the Session stream holding the lease (expires_at is then inf); 0: announces do
-
-
-def clamp_limit(limit: int, default: int, maximum: int) -> int:
-    """Map 0 (or less) to the default and cap at the maximum."""
-    return default if limit <= 0 else min(limit, maximum)
-
-
-class Registry:
+class Registry(Queries):
     """Live peers with leases, and an index from file id to holders.
 
     Lease rule: a peer is live while clock() < expires_at. An announce sets expires_at = now + ttl; a lease held
@@ -108,8 +102,8 @@ class Registry:
         self._ttl = ttl
         self._clock = clock
         self.limits = limits if limits is not None else Limits()
-        self._leases: dict[str, _Lease] = {}  # every lease, timed or held by a session
-        self._timed: OrderedDict[str, _Lease] = OrderedDict()  # leases kept by announces, oldest renewal first
+        self._leases: dict[str, Lease] = {}  # every lease, timed or held by a session
+        self._timed: OrderedDict[str, Lease] = OrderedDict()  # leases kept by announces, oldest renewal first
         self._by_address: dict[str, str] = {}
         self._files = FileIndex()
         self._holdings = 0
@@ -216,67 +210,6 @@ class Registry:
         self._expiries += len(gone)
         return gone
 
-    def search(self, term: str, limit: int = DEFAULT_SEARCH_LIMIT) -> list[SearchHit]:
-        """Files whose name contains term (case-insensitive) with live holders, sorted by (name, file_id)."""
-        limit = clamp_limit(limit, DEFAULT_SEARCH_LIMIT, MAX_SEARCH_LIMIT)
-        folded = term.casefold()
-        now = self._clock()
-        leases = self._leases
-        hits: list[SearchHit] = []
-        for file_id in self._files.sorted_ids():
-            entry = self._files.entries[file_id]
-            if folded not in entry.folded_name:
-                continue
-            complete = partial = 0
-            for peer_id, holding in entry.holders.items():
-                if leases[peer_id].expires_at > now:
-                    if holding.complete:
-                        complete += 1
-                    else:
-                        partial += 1
-            if complete or partial:
-                hits.append(SearchHit(entry.meta, complete, partial))
-                if len(hits) >= limit:
-                    break
-        return hits
-
-    def holders(self, file_id: str, limit: int = DEFAULT_HOLDERS_LIMIT, exclude_peer_id: str = "") -> list[Holder]:
-        """Live holders of a file, complete ones first, each group in random order to spread load."""
-        limit = clamp_limit(limit, DEFAULT_HOLDERS_LIMIT, MAX_HOLDERS_LIMIT)
-        entry = self._files.get(file_id)
-        if entry is None:
-            return []
-        now = self._clock()
-        leases = self._leases
-        complete: list[Peer] = []
-        partial: list[Peer] = []
-        for peer_id, holding in entry.holders.items():
-            lease = leases[peer_id]
-            if lease.expires_at > now and peer_id != exclude_peer_id:
-                (complete if holding.complete else partial).append(lease.peer)
-        picked = [Holder(p, True) for p in random.sample(complete, min(limit, len(complete)))]
-        rest = limit - len(picked)
-        if rest > 0 and partial:
-            picked += [Holder(p, False) for p in random.sample(partial, min(rest, len(partial)))]
-        return picked
-
-    def file_meta(self, file_id: str) -> FileMeta | None:
-        """The file as its current holders report it, or None when no live peer holds it."""
-        entry = self._files.get(file_id)
-        if entry is None:
-            return None
-        now = self._clock()
-        if any(self._leases[peer_id].expires_at > now for peer_id in entry.holders):
-            return entry.meta
-        return None
-
-    def live_peers(self, limit: int = MAX_LIST_PEERS) -> list[Peer]:
-        """Live peers sorted by peer id, at most `limit` of them."""
-        now = self._clock()
-        peers = [lease.peer for lease in self._leases.values() if lease.expires_at > now]
-        peers.sort(key=lambda p: p.peer_id)
-        return peers[:limit]
-
     def stats(self) -> Stats:
         """Live peer and file counts, caps, and lifetime totals."""
         now = self._clock()
@@ -309,7 +242,7 @@ class Registry:
             session_updates_total=self._updates,
         )
 
-    def _live_lease(self, peer_id: str) -> _Lease | None:
+    def _live_lease(self, peer_id: str) -> Lease | None:
         lease = self._leases.get(peer_id)
         return lease if lease is not None and lease.expires_at > self._clock() else None
 
@@ -350,7 +283,7 @@ class Registry:
         self.heard_at = now
 
         if lease is None:
-            lease = _Lease(peer, now + self._ttl, {})
+            lease = Lease(peer, now + self._ttl, {})
             self._leases[peer.peer_id] = lease
         else:
             if lease.peer.address != peer.address:
@@ -363,7 +296,7 @@ class Registry:
         self._by_address[peer.address] = peer.peer_id
         return joined, self._replace_holdings(lease, {h.file_id: h for h in holdings})
 
-    def _replace_holdings(self, lease: _Lease, new: dict[str, Holding]) -> int:
+    def _replace_holdings(self, lease: Lease, new: dict[str, Holding]) -> int:
         """Unindex what the peer dropped first (freeing room), then index the rest while the caps allow."""
         old = lease.holdings
         if new == old:
@@ -379,7 +312,7 @@ class Registry:
         self._left_out(peer_id, refused)
         return refused
 
-    def _hold(self, lease: _Lease, holding: Holding) -> bool:
+    def _hold(self, lease: Lease, holding: Holding) -> bool:
         """Index one holding of the lease (new, or replacing its own); False if a cap leaves a new one out."""
         file_id = holding.file_id
         before = lease.holdings.get(file_id)
