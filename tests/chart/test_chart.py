@@ -254,7 +254,9 @@ def test_peers(default: list[Obj]) -> None:
     assert variables["POD_IP"]["valueFrom"]["fieldRef"]["fieldPath"] == "status.podIP"
     assert variables["SHOAL_ADVERTISE"]["value"] == "$(POD_IP):7401"
     assert variables["SHOAL_TRACKER"]["value"] == TRACKER_FQDN
-    assert variables["SHOAL_DATA_DIR"]["value"] == "/data/store"  # `kubectl exec ... shoal get` finds the socket; outputs go beside it
+    assert (
+        variables["SHOAL_DATA_DIR"]["value"] == "/data/store"
+    )  # `kubectl exec ... shoal get` finds the socket; outputs go beside it
     assert variables["SHOAL_CHUNK_SIZE"]["value"] == "1048576"
     assert variables["SHOAL_METRICS_PORT"]["value"] == "9401"
     assert variables["SHOAL_LOG_FORMAT"]["value"] == "json"

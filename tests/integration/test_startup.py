@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 import grpc
@@ -48,3 +49,15 @@ def test_peer_starts_without_its_tracker_and_joins_when_it_appears(swarm: LocalS
     assert status["trackers_up"] == [tracker.address]
     found = shoal(swarm, peer, "search", "early").stdout.splitlines()
     assert len(found) == 1 and found[0].startswith(file_id) and "(1 complete, 0 partial)" in found[0], found
+
+
+def test_peer_stops_at_once_while_a_tracker_replica_is_down(swarm: LocalSwarm) -> None:
+    """Leaving must not wait on a replica that is gone (its session is still waiting for it to come back)."""
+    gone = swarm.start_tracker()  # a second replica
+    peer = swarm.start_peer()
+    wait_until(lambda: peer.name and len(shoal_json(swarm, peer, "status")["trackers_up"]) == 2, what="two leases")
+    assert swarm.stop_proc(gone) == 0
+    wait_until(lambda: len(shoal_json(swarm, peer, "status")["trackers_up"]) == 1, what="the lost replica noticed")
+    started = time.monotonic()
+    assert swarm.stop_proc(peer, timeout=20) == 0
+    assert time.monotonic() - started < 5

@@ -103,10 +103,14 @@ class ReplicaSession:
         call = self._call
         if call is None:
             return
-        with contextlib.suppress(grpc.aio.AioRpcError, grpc.aio.UsageError):
-            await call.done_writing()
+        if not self.up:  # still waiting for the replica (it is down): nothing to leave, and a half-close would wait
+            call.cancel()
+            return
+        with contextlib.suppress(grpc.aio.AioRpcError, grpc.aio.UsageError, TimeoutError):
+            await asyncio.wait_for(call.done_writing(), LEAVE_WAIT)
         with contextlib.suppress(grpc.aio.AioRpcError, asyncio.CancelledError, TimeoutError):
             await asyncio.wait_for(call.code(), LEAVE_WAIT)
+        call.cancel()  # a no-op once the replica has ended it
 
     async def _hold_one(self) -> None:
         """Open one stream, send the full state, then deltas until the stream ends."""
