@@ -103,6 +103,7 @@ class TrackerClient:
         self._me = me
         self._holdings = holdings
         self._announce_now = asyncio.Event()
+        self._leaving = False  # set by leave(): the replica set is frozen so no channel closes under a Leave call
         self._specs = specs
         self._refresh = refresh_seconds
         self._replicas: dict[str, _Replica] = {}
@@ -122,6 +123,8 @@ class TrackerClient:
 
     async def refresh(self) -> None:
         """Re-resolve tracker names; add new replicas, drop vanished ones."""
+        if self._leaving:
+            return
         wanted: set[str] = set()
         failed = False
         for spec in self._specs:
@@ -132,6 +135,8 @@ class TrackerClient:
                 failed = True
         if failed:  # keep what we had; drop nothing on a failed lookup
             wanted.update(self._replicas)
+        if self._leaving:  # leave() began while names were being resolved
+            return
         for address in wanted - set(self._replicas):
             logger.info("tracker replica %s added", address)
             self._replicas[address] = _Replica(address, self._transport, self.secrets, self._announcement)
@@ -231,6 +236,8 @@ class TrackerClient:
     async def leave(self) -> None:
         """Tell every replica we are leaving (best effort, short deadline)."""
 
+        self._leaving = True
+
         async def one(replica: _Replica) -> None:
             await replica.session.leave()
             try:
@@ -238,7 +245,11 @@ class TrackerClient:
             except grpc.aio.AioRpcError as err:
                 logger.info("leave to %s failed: %s", replica.address, err.code().name)
 
-        await asyncio.gather(*(one(r) for r in self._replicas.values()))
+        replicas = list(self._replicas.values())
+        results = await asyncio.gather(*(one(r) for r in replicas), return_exceptions=True)
+        for replica, result in zip(replicas, results, strict=True):
+            if isinstance(result, BaseException):  # best effort: the lease lapses on its own; stopping goes on
+                logger.info("leave to %s failed: %r", replica.address, result)
 
     async def close(self) -> None:
         """Close every channel."""
