@@ -77,6 +77,7 @@ class Download(SourceSessions):
         self._chunk_size = 1
         self._failure: BaseException | None = None
         self._verifying = 0  # chunks received and being verified and written
+        self._writing: set[int] = set()  # indices whose bytes a fetch is verifying and writing right now
         self._serving = False  # a chunk of ours verified: the trackers have been asked to list us
         self._side_tasks: set[asyncio.Task[None]] = set()
 
@@ -261,19 +262,25 @@ class Download(SourceSessions):
             if reply.bitfield:
                 self.update_bitfield(source.key, reply.bitfield, complete=reply.source_complete)
             if index in entry.have:
-                picker.completed(index)  # endgame loser that arrived anyway
+                # An endgame loser that arrived anyway. While the winner is still writing, it completes the chunk
+                # (and counts its bytes): completing it here could end the download and cancel the winner first.
+                if index not in self._writing:
+                    picker.completed(index)
                 return
             data = reply.data
             self._verifying += 1
+            self._writing.add(index)
             try:
                 verdict = await asyncio.to_thread(self._verify_and_write, entry, index, data)
             finally:
                 self._verifying -= 1
+                self._writing.discard(index)
             if verdict is None:
                 self._rejected(source, index)
                 return
-            if not verdict:
-                picker.completed(index)
+            if not verdict:  # another fetch wrote it first; it completes the chunk unless it already has
+                if index not in self._writing:
+                    picker.completed(index)
                 return
             self._accepted(source, index, len(data), elapsed, reply.source_complete)
             node.observer.chunk_fetched(elapsed, len(data))
