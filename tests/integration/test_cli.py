@@ -8,6 +8,7 @@ import re
 import stat
 import subprocess
 import sys
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -89,6 +90,25 @@ def test_get_writes_an_identical_file_and_prints_a_summary(pair: Pair, tmp_path:
         lines[0],
     ), lines
     assert result.stderr == ""
+
+
+def test_json_get_asks_for_progress_once_a_second(module_swarm: LocalSwarm, pair: Pair, tmp_path: Path) -> None:
+    # A slow download (2 MB/s cap): the daemon's default is a message every 0.2 s, the JSON client asks for 1 s.
+    slow = start_peers(module_swarm, 1, "--download-limit", "2000000")[0]
+    source = tmp_path / "slow.bin"
+    digest = make_file(source, 4 * 1024 * 1024)
+    file_id = put(pair.swarm, pair.seeder, source)
+    wait_listed(pair, file_id)
+    output = tmp_path / "slow.out"
+    started = time.monotonic()
+    lines = ok(shoal(module_swarm, slow, "--json", "get", file_id, "--output", str(output))).splitlines()
+    elapsed = time.monotonic() - started
+    assert sha256_of(output) == digest
+    progress = [json.loads(line) for line in lines[:-1]]
+    assert progress and not any(p["done"] for p in progress)
+    assert elapsed > 1.5, f"the cap should make this take about 2 s, took {elapsed:.2f} s"
+    # At the default 0.2 s this would be about elapsed / 0.2 lines; at 1 s no more than one a second plus the first.
+    assert len(progress) <= elapsed + 1, f"{len(progress)} progress lines in {elapsed:.2f} s"
 
 
 def test_search_is_a_case_insensitive_substring(pair: Pair, tmp_path: Path) -> None:

@@ -155,10 +155,21 @@ async def put(stub: control_pb2_grpc.ControlStub, args: argparse.Namespace) -> i
 class _Watcher:
     """Shows a download's progress: a bar on a terminal, JSON lines with --json, nothing otherwise."""
 
+    BAR_EVERY_MS = 0  # the daemon's default (200 ms): a smooth bar
+    JSON_EVERY_MS = 1000  # a line a second is plenty for a script
+    QUIET_EVERY_MS = 5000  # nothing is shown: the stream only has to stay alive
+
     def __init__(self, as_json: bool) -> None:
         self._json = as_json
         self._draw = not as_json and sys.stderr.isatty()
         self.bar: output.ProgressBar | None = None
+
+    @property
+    def every_ms(self) -> int:
+        """How often this watcher wants progress (each message wakes the daemon and this process)."""
+        if self._json:
+            return self.JSON_EVERY_MS
+        return self.BAR_EVERY_MS if self._draw else self.QUIET_EVERY_MS
 
     def show(self, progress: control_pb2.GetProgress) -> None:
         if self._json:
@@ -202,6 +213,7 @@ async def get(stub: control_pb2_grpc.ControlStub, args: argparse.Namespace) -> i
         request.headers.extend(args.header_lines)
     dest: Path | None = None if into_dir else target
     watcher = _Watcher(args.json)
+    request.progress_every_ms = watcher.every_ms
     final = None
     call = stub.Get(request)
     try:

@@ -32,13 +32,22 @@ from shoal.v1 import common_pb2, control_pb2, control_pb2_grpc
 
 logger = logging.getLogger(__name__)
 
-PROGRESS_EVERY = 0.2
+PROGRESS_EVERY = 0.2  # seconds between progress messages unless the client asks otherwise
+PROGRESS_EVERY_RANGE = (0.05, 60.0)
 _METHODS = {
     "move": control_pb2.PUT_METHOD_MOVE,
     "reflink": control_pb2.PUT_METHOD_REFLINK,
     "link": control_pb2.PUT_METHOD_LINK,
     "copy": control_pb2.PUT_METHOD_COPY,
 }
+
+
+def progress_every(request: control_pb2.GetRequest) -> float:
+    """Seconds between a Get stream's progress messages: the client's wish within bounds, else the default."""
+    if not request.progress_every_ms:
+        return PROGRESS_EVERY
+    low, high = PROGRESS_EVERY_RANGE
+    return min(max(request.progress_every_ms / 1000, low), high)
 
 
 class ControlServicer(control_pb2_grpc.ControlServicer):
@@ -135,7 +144,7 @@ class ControlServicer(control_pb2_grpc.ControlServicer):
         try:
             while not task.done():
                 yield self._progress(download, done=False)
-                await asyncio.wait([task], timeout=PROGRESS_EVERY)
+                await asyncio.wait([task], timeout=progress_every(request))
             cancelled = False
         finally:
             downloads.detach(file_id, cancelled=cancelled)
@@ -222,7 +231,7 @@ class ControlServicer(control_pb2_grpc.ControlServicer):
         task = imports.get(request.url, options, progress)
         while not task.done():
             yield self._url_progress(progress)
-            await asyncio.wait([task], timeout=PROGRESS_EVERY)
+            await asyncio.wait([task], timeout=progress_every(request))
         try:
             entry = task.result()
             if into is not None:

@@ -26,17 +26,17 @@ from shoal.v1 import common_pb2 as shoal_dot_v1_dot_common__pb2
 from shoal.v1 import tracker_pb2 as shoal_dot_v1_dot_tracker__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x16shoal/v1/control.proto\x12\x08shoal.v1\x1a\x15shoal/v1/common.proto\x1a\x16shoal/v1/tracker.proto\"e\n\x0ePreheatRequest\x12\x0b\n\x03url\x18\x01 \x01(\t\x12\x0f\n\x07headers\x18\x02 \x03(\t\x12\x13\n\x0bs3_endpoint\x18\x03 \x01(\t\x12\x10\n\x08replicas\x18\x04 \x01(\r\x12\x0e\n\x06\x64igest\x18\x05 \x01(\t\"V\n\x0fPreheatResponse\x12 \n\x04\x66ile\x18\x01 \x01(\x0b\x32\x12.shoal.v1.FileInfo\x12!\n\x05peers\x18\x02 \x03(\x0b\x32\x12.shoal.v1.PeerInfo\"X\n\nPutRequest\x12\x0c\n\x04path\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x12\n\nchunk_size\x18\x03 \x01(\r\x12\x0c\n\x04move\x18\x04 \x01(\x08\x12\x0c\n\x04\x63opy\x18\x05 \x01(\x08\"\x89\x01\n\x0bPutResponse\x12 \n\x04\x66ile\x18\x01 \x01(\x0b\x32\x12.shoal.v1.FileInfo\x12\x0e\n\x06\x63hunks\x18\x02 \x01(\r\x12\x0f\n\x07held_as\x18\x03 \x01(\t\x12\x12\n\nadded_name\x18\x04 \x01(\x08\x12#\n\x06method\x18\x05 \x01(\x0e\x32\x13.shoal.v1.PutMethod\"\x97\x01\n\nGetRequest\x12\x0f\n\x07\x66ile_id\x18\x01 \x01(\t\x12\x0e\n\x06output\x18\x02 \x01(\t\x12\x11\n\toverwrite\x18\x03 \x01(\x08\x12\x12\n\noutput_dir\x18\x04 \x01(\t\x12\x0b\n\x03url\x18\x05 \x01(\t\x12\x0f\n\x07headers\x18\x06 \x03(\t\x12\x0e\n\x06\x64igest\x18\x07 \x01(\t\x12\x13\n\x0bs3_endpoint\x18\x08 \x01(\t\"\x9c\x01\n\x0bSourceShare\x12\x1b\n\x13\x66rom_complete_bytes\x18\x01 \x01(\x04\x12\x1a\n\x12\x66rom_partial_bytes\x18\x02 \x01(\x04\x12\r\n\x05peers\x18\x03 \x01(\r\x12\x16\n\x0eresumed_chunks\x18\x04 \x01(\r\x12\x17\n\x0frejected_chunks\x18\x05 \x01(\r\x12\x14\n\x0c\x62\x61nned_peers\x18\x06 \x01(\r\"\xcd\x01\n\x0bGetProgress\x12 \n\x04\x66ile\x18\x01 \x01(\x0b\x32\x12.shoal.v1.FileInfo\x12\x12\n\ndone_bytes\x18\x02 \x01(\x04\x12\x13\n\x0btotal_bytes\x18\x03 \x01(\x04\x12\x0c\n\x04\x64one\x18\x04 \x01(\x08\x12&\n\x07sources\x18\x05 \x01(\x0b\x32\x15.shoal.v1.SourceShare\x12\x0f\n\x07seconds\x18\x06 \x01(\x01\x12\x18\n\x10transfer_seconds\x18\x07 \x01(\x01\x12\x12\n\nwritten_to\x18\x08 \x01(\t\"\x1d\n\rSearchRequest\x12\x0c\n\x04term\x18\x01 \x01(\t\"=\n\x0eSearchResponse\x12+\n\x07results\x18\x01 \x03(\x0b\x32\x1a.shoal.v1.SearchFileResult\"R\n\x0cPeersRequest\x12\x0f\n\x07\x66ile_id\x18\x01 \x01(\t\x12\x0b\n\x03url\x18\x02 \x01(\t\x12\x0f\n\x07headers\x18\x03 \x03(\t\x12\x13\n\x0bs3_endpoint\x18\x04 \x01(\t\"2\n\rPeersResponse\x12!\n\x07holders\x18\x01 \x03(\x0b\x32\x10.shoal.v1.Holder\"\r\n\x0bListRequest\"\xed\x01\n\tLocalFile\x12 \n\x04\x66ile\x18\x01 \x01(\x0b\x32\x12.shoal.v1.FileInfo\x12\x10\n\x08\x63omplete\x18\x02 \x01(\x08\x12\x13\n\x0b\x63hunks_done\x18\x03 \x01(\r\x12\x14\n\x0c\x63hunks_total\x18\x04 \x01(\r\x12\x0e\n\x06pinned\x18\x05 \x01(\x08\x12\x16\n\x0elast_used_unix\x18\x06 \x01(\x01\x12\'\n\x05state\x18\x07 \x01(\x0e\x32\x18.shoal.v1.LocalFileState\x12\x12\n\nheld_bytes\x18\x08 \x01(\x04\x12\x0f\n\x07\x61liases\x18\t \x03(\t\x12\x0b\n\x03url\x18\n \x01(\t\"2\n\x0cListResponse\x12\"\n\x05\x66iles\x18\x01 \x03(\x0b\x32\x13.shoal.v1.LocalFile\"\x0f\n\rStatusRequest\"\xff\x01\n\x0eStatusResponse\x12 \n\x04peer\x18\x01 \x01(\x0b\x32\x12.shoal.v1.PeerInfo\x12\x10\n\x08trackers\x18\x02 \x03(\t\x12\x13\n\x0btrackers_up\x18\x03 \x03(\t\x12\x16\n\x0euploaded_bytes\x18\x04 \x01(\x04\x12\x18\n\x10\x64ownloaded_bytes\x18\x05 \x01(\x04\x12\x18\n\x10\x61\x63tive_downloads\x18\x06 \x01(\r\x12\x16\n\x0euptime_seconds\x18\x07 \x01(\x01\x12\x10\n\x08\x64\x61ta_dir\x18\x08 \x01(\t\x12\x13\n\x0bstore_bytes\x18\t \x01(\x04\x12\x19\n\x11\x63\x61\x63he_quota_bytes\x18\n \x01(\x04\" \n\rRemoveRequest\x12\x0f\n\x07\x66ile_id\x18\x01 \x01(\t\"G\n\x0eRemoveResponse\x12 \n\x04\x66ile\x18\x01 \x01(\x0b\x32\x12.shoal.v1.FileInfo\x12\x13\n\x0b\x66reed_bytes\x18\x02 \x01(\x04\" \n\rCancelRequest\x12\x0f\n\x07\x66ile_id\x18\x01 \x01(\t\"G\n\x0e\x43\x61ncelResponse\x12 \n\x04\x66ile\x18\x01 \x01(\x0b\x32\x12.shoal.v1.FileInfo\x12\x13\n\x0b\x66reed_bytes\x18\x02 \x01(\x04\"-\n\nPinRequest\x12\x0f\n\x07\x66ile_id\x18\x01 \x01(\t\x12\x0e\n\x06pinned\x18\x02 \x01(\x08\"0\n\x0bPinResponse\x12!\n\x04\x66ile\x18\x01 \x01(\x0b\x32\x13.shoal.v1.LocalFile\" \n\rVerifyRequest\x12\x0f\n\x07\x66ile_id\x18\x01 \x01(\t\"R\n\x0eVerifyResponse\x12 \n\x04\x66ile\x18\x01 \x01(\x0b\x32\x12.shoal.v1.FileInfo\x12\n\n\x02ok\x18\x02 \x01(\x08\x12\x12\n\nbad_chunks\x18\x03 \x03(\r*~\n\tPutMethod\x12\x1a\n\x16PUT_METHOD_UNSPECIFIED\x10\x00\x12\x13\n\x0fPUT_METHOD_MOVE\x10\x01\x12\x16\n\x12PUT_METHOD_REFLINK\x10\x02\x12\x13\n\x0fPUT_METHOD_LINK\x10\x03\x12\x13\n\x0fPUT_METHOD_COPY\x10\x04*\xaf\x01\n\x0eLocalFileState\x12 \n\x1cLOCAL_FILE_STATE_UNSPECIFIED\x10\x00\x12\x1d\n\x19LOCAL_FILE_STATE_COMPLETE\x10\x01\x12 \n\x1cLOCAL_FILE_STATE_DOWNLOADING\x10\x02\x12\x1c\n\x18LOCAL_FILE_STATE_PARTIAL\x10\x03\x12\x1c\n\x18LOCAL_FILE_STATE_STOPPED\x10\x04\x32\x89\x05\n\x07\x43ontrol\x12\x32\n\x03Put\x12\x14.shoal.v1.PutRequest\x1a\x15.shoal.v1.PutResponse\x12\x34\n\x03Get\x12\x14.shoal.v1.GetRequest\x1a\x15.shoal.v1.GetProgress0\x01\x12;\n\x06Search\x12\x17.shoal.v1.SearchRequest\x1a\x18.shoal.v1.SearchResponse\x12\x38\n\x05Peers\x12\x16.shoal.v1.PeersRequest\x1a\x17.shoal.v1.PeersResponse\x12\x35\n\x04List\x12\x15.shoal.v1.ListRequest\x1a\x16.shoal.v1.ListResponse\x12;\n\x06Status\x12\x17.shoal.v1.StatusRequest\x1a\x18.shoal.v1.StatusResponse\x12;\n\x06Remove\x12\x17.shoal.v1.RemoveRequest\x1a\x18.shoal.v1.RemoveResponse\x12;\n\x06\x43\x61ncel\x12\x17.shoal.v1.CancelRequest\x1a\x18.shoal.v1.CancelResponse\x12\x32\n\x03Pin\x12\x14.shoal.v1.PinRequest\x1a\x15.shoal.v1.PinResponse\x12;\n\x06Verify\x12\x17.shoal.v1.VerifyRequest\x1a\x18.shoal.v1.VerifyResponse\x12>\n\x07Preheat\x12\x18.shoal.v1.PreheatRequest\x1a\x19.shoal.v1.PreheatResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x16shoal/v1/control.proto\x12\x08shoal.v1\x1a\x15shoal/v1/common.proto\x1a\x16shoal/v1/tracker.proto\"e\n\x0ePreheatRequest\x12\x0b\n\x03url\x18\x01 \x01(\t\x12\x0f\n\x07headers\x18\x02 \x03(\t\x12\x13\n\x0bs3_endpoint\x18\x03 \x01(\t\x12\x10\n\x08replicas\x18\x04 \x01(\r\x12\x0e\n\x06\x64igest\x18\x05 \x01(\t\"V\n\x0fPreheatResponse\x12 \n\x04\x66ile\x18\x01 \x01(\x0b\x32\x12.shoal.v1.FileInfo\x12!\n\x05peers\x18\x02 \x03(\x0b\x32\x12.shoal.v1.PeerInfo\"X\n\nPutRequest\x12\x0c\n\x04path\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x12\n\nchunk_size\x18\x03 \x01(\r\x12\x0c\n\x04move\x18\x04 \x01(\x08\x12\x0c\n\x04\x63opy\x18\x05 \x01(\x08\"\x89\x01\n\x0bPutResponse\x12 \n\x04\x66ile\x18\x01 \x01(\x0b\x32\x12.shoal.v1.FileInfo\x12\x0e\n\x06\x63hunks\x18\x02 \x01(\r\x12\x0f\n\x07held_as\x18\x03 \x01(\t\x12\x12\n\nadded_name\x18\x04 \x01(\x08\x12#\n\x06method\x18\x05 \x01(\x0e\x32\x13.shoal.v1.PutMethod\"\xb2\x01\n\nGetRequest\x12\x0f\n\x07\x66ile_id\x18\x01 \x01(\t\x12\x0e\n\x06output\x18\x02 \x01(\t\x12\x11\n\toverwrite\x18\x03 \x01(\x08\x12\x12\n\noutput_dir\x18\x04 \x01(\t\x12\x0b\n\x03url\x18\x05 \x01(\t\x12\x0f\n\x07headers\x18\x06 \x03(\t\x12\x0e\n\x06\x64igest\x18\x07 \x01(\t\x12\x13\n\x0bs3_endpoint\x18\x08 \x01(\t\x12\x19\n\x11progress_every_ms\x18\t \x01(\r\"\x9c\x01\n\x0bSourceShare\x12\x1b\n\x13\x66rom_complete_bytes\x18\x01 \x01(\x04\x12\x1a\n\x12\x66rom_partial_bytes\x18\x02 \x01(\x04\x12\r\n\x05peers\x18\x03 \x01(\r\x12\x16\n\x0eresumed_chunks\x18\x04 \x01(\r\x12\x17\n\x0frejected_chunks\x18\x05 \x01(\r\x12\x14\n\x0c\x62\x61nned_peers\x18\x06 \x01(\r\"\xcd\x01\n\x0bGetProgress\x12 \n\x04\x66ile\x18\x01 \x01(\x0b\x32\x12.shoal.v1.FileInfo\x12\x12\n\ndone_bytes\x18\x02 \x01(\x04\x12\x13\n\x0btotal_bytes\x18\x03 \x01(\x04\x12\x0c\n\x04\x64one\x18\x04 \x01(\x08\x12&\n\x07sources\x18\x05 \x01(\x0b\x32\x15.shoal.v1.SourceShare\x12\x0f\n\x07seconds\x18\x06 \x01(\x01\x12\x18\n\x10transfer_seconds\x18\x07 \x01(\x01\x12\x12\n\nwritten_to\x18\x08 \x01(\t\"\x1d\n\rSearchRequest\x12\x0c\n\x04term\x18\x01 \x01(\t\"=\n\x0eSearchResponse\x12+\n\x07results\x18\x01 \x03(\x0b\x32\x1a.shoal.v1.SearchFileResult\"R\n\x0cPeersRequest\x12\x0f\n\x07\x66ile_id\x18\x01 \x01(\t\x12\x0b\n\x03url\x18\x02 \x01(\t\x12\x0f\n\x07headers\x18\x03 \x03(\t\x12\x13\n\x0bs3_endpoint\x18\x04 \x01(\t\"2\n\rPeersResponse\x12!\n\x07holders\x18\x01 \x03(\x0b\x32\x10.shoal.v1.Holder\"\r\n\x0bListRequest\"\xed\x01\n\tLocalFile\x12 \n\x04\x66ile\x18\x01 \x01(\x0b\x32\x12.shoal.v1.FileInfo\x12\x10\n\x08\x63omplete\x18\x02 \x01(\x08\x12\x13\n\x0b\x63hunks_done\x18\x03 \x01(\r\x12\x14\n\x0c\x63hunks_total\x18\x04 \x01(\r\x12\x0e\n\x06pinned\x18\x05 \x01(\x08\x12\x16\n\x0elast_used_unix\x18\x06 \x01(\x01\x12\'\n\x05state\x18\x07 \x01(\x0e\x32\x18.shoal.v1.LocalFileState\x12\x12\n\nheld_bytes\x18\x08 \x01(\x04\x12\x0f\n\x07\x61liases\x18\t \x03(\t\x12\x0b\n\x03url\x18\n \x01(\t\"2\n\x0cListResponse\x12\"\n\x05\x66iles\x18\x01 \x03(\x0b\x32\x13.shoal.v1.LocalFile\"\x0f\n\rStatusRequest\"\xff\x01\n\x0eStatusResponse\x12 \n\x04peer\x18\x01 \x01(\x0b\x32\x12.shoal.v1.PeerInfo\x12\x10\n\x08trackers\x18\x02 \x03(\t\x12\x13\n\x0btrackers_up\x18\x03 \x03(\t\x12\x16\n\x0euploaded_bytes\x18\x04 \x01(\x04\x12\x18\n\x10\x64ownloaded_bytes\x18\x05 \x01(\x04\x12\x18\n\x10\x61\x63tive_downloads\x18\x06 \x01(\r\x12\x16\n\x0euptime_seconds\x18\x07 \x01(\x01\x12\x10\n\x08\x64\x61ta_dir\x18\x08 \x01(\t\x12\x13\n\x0bstore_bytes\x18\t \x01(\x04\x12\x19\n\x11\x63\x61\x63he_quota_bytes\x18\n \x01(\x04\" \n\rRemoveRequest\x12\x0f\n\x07\x66ile_id\x18\x01 \x01(\t\"G\n\x0eRemoveResponse\x12 \n\x04\x66ile\x18\x01 \x01(\x0b\x32\x12.shoal.v1.FileInfo\x12\x13\n\x0b\x66reed_bytes\x18\x02 \x01(\x04\" \n\rCancelRequest\x12\x0f\n\x07\x66ile_id\x18\x01 \x01(\t\"G\n\x0e\x43\x61ncelResponse\x12 \n\x04\x66ile\x18\x01 \x01(\x0b\x32\x12.shoal.v1.FileInfo\x12\x13\n\x0b\x66reed_bytes\x18\x02 \x01(\x04\"-\n\nPinRequest\x12\x0f\n\x07\x66ile_id\x18\x01 \x01(\t\x12\x0e\n\x06pinned\x18\x02 \x01(\x08\"0\n\x0bPinResponse\x12!\n\x04\x66ile\x18\x01 \x01(\x0b\x32\x13.shoal.v1.LocalFile\" \n\rVerifyRequest\x12\x0f\n\x07\x66ile_id\x18\x01 \x01(\t\"R\n\x0eVerifyResponse\x12 \n\x04\x66ile\x18\x01 \x01(\x0b\x32\x12.shoal.v1.FileInfo\x12\n\n\x02ok\x18\x02 \x01(\x08\x12\x12\n\nbad_chunks\x18\x03 \x03(\r*~\n\tPutMethod\x12\x1a\n\x16PUT_METHOD_UNSPECIFIED\x10\x00\x12\x13\n\x0fPUT_METHOD_MOVE\x10\x01\x12\x16\n\x12PUT_METHOD_REFLINK\x10\x02\x12\x13\n\x0fPUT_METHOD_LINK\x10\x03\x12\x13\n\x0fPUT_METHOD_COPY\x10\x04*\xaf\x01\n\x0eLocalFileState\x12 \n\x1cLOCAL_FILE_STATE_UNSPECIFIED\x10\x00\x12\x1d\n\x19LOCAL_FILE_STATE_COMPLETE\x10\x01\x12 \n\x1cLOCAL_FILE_STATE_DOWNLOADING\x10\x02\x12\x1c\n\x18LOCAL_FILE_STATE_PARTIAL\x10\x03\x12\x1c\n\x18LOCAL_FILE_STATE_STOPPED\x10\x04\x32\x89\x05\n\x07\x43ontrol\x12\x32\n\x03Put\x12\x14.shoal.v1.PutRequest\x1a\x15.shoal.v1.PutResponse\x12\x34\n\x03Get\x12\x14.shoal.v1.GetRequest\x1a\x15.shoal.v1.GetProgress0\x01\x12;\n\x06Search\x12\x17.shoal.v1.SearchRequest\x1a\x18.shoal.v1.SearchResponse\x12\x38\n\x05Peers\x12\x16.shoal.v1.PeersRequest\x1a\x17.shoal.v1.PeersResponse\x12\x35\n\x04List\x12\x15.shoal.v1.ListRequest\x1a\x16.shoal.v1.ListResponse\x12;\n\x06Status\x12\x17.shoal.v1.StatusRequest\x1a\x18.shoal.v1.StatusResponse\x12;\n\x06Remove\x12\x17.shoal.v1.RemoveRequest\x1a\x18.shoal.v1.RemoveResponse\x12;\n\x06\x43\x61ncel\x12\x17.shoal.v1.CancelRequest\x1a\x18.shoal.v1.CancelResponse\x12\x32\n\x03Pin\x12\x14.shoal.v1.PinRequest\x1a\x15.shoal.v1.PinResponse\x12;\n\x06Verify\x12\x17.shoal.v1.VerifyRequest\x1a\x18.shoal.v1.VerifyResponse\x12>\n\x07Preheat\x12\x18.shoal.v1.PreheatRequest\x1a\x19.shoal.v1.PreheatResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'shoal.v1.control_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_PUTMETHOD']._serialized_start=2266
-  _globals['_PUTMETHOD']._serialized_end=2392
-  _globals['_LOCALFILESTATE']._serialized_start=2395
-  _globals['_LOCALFILESTATE']._serialized_end=2570
+  _globals['_PUTMETHOD']._serialized_start=2293
+  _globals['_PUTMETHOD']._serialized_end=2419
+  _globals['_LOCALFILESTATE']._serialized_start=2422
+  _globals['_LOCALFILESTATE']._serialized_end=2597
   _globals['_PREHEATREQUEST']._serialized_start=83
   _globals['_PREHEATREQUEST']._serialized_end=184
   _globals['_PREHEATRESPONSE']._serialized_start=186
@@ -46,45 +46,45 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_PUTRESPONSE']._serialized_start=365
   _globals['_PUTRESPONSE']._serialized_end=502
   _globals['_GETREQUEST']._serialized_start=505
-  _globals['_GETREQUEST']._serialized_end=656
-  _globals['_SOURCESHARE']._serialized_start=659
-  _globals['_SOURCESHARE']._serialized_end=815
-  _globals['_GETPROGRESS']._serialized_start=818
-  _globals['_GETPROGRESS']._serialized_end=1023
-  _globals['_SEARCHREQUEST']._serialized_start=1025
-  _globals['_SEARCHREQUEST']._serialized_end=1054
-  _globals['_SEARCHRESPONSE']._serialized_start=1056
-  _globals['_SEARCHRESPONSE']._serialized_end=1117
-  _globals['_PEERSREQUEST']._serialized_start=1119
-  _globals['_PEERSREQUEST']._serialized_end=1201
-  _globals['_PEERSRESPONSE']._serialized_start=1203
-  _globals['_PEERSRESPONSE']._serialized_end=1253
-  _globals['_LISTREQUEST']._serialized_start=1255
-  _globals['_LISTREQUEST']._serialized_end=1268
-  _globals['_LOCALFILE']._serialized_start=1271
-  _globals['_LOCALFILE']._serialized_end=1508
-  _globals['_LISTRESPONSE']._serialized_start=1510
-  _globals['_LISTRESPONSE']._serialized_end=1560
-  _globals['_STATUSREQUEST']._serialized_start=1562
-  _globals['_STATUSREQUEST']._serialized_end=1577
-  _globals['_STATUSRESPONSE']._serialized_start=1580
-  _globals['_STATUSRESPONSE']._serialized_end=1835
-  _globals['_REMOVEREQUEST']._serialized_start=1837
-  _globals['_REMOVEREQUEST']._serialized_end=1869
-  _globals['_REMOVERESPONSE']._serialized_start=1871
-  _globals['_REMOVERESPONSE']._serialized_end=1942
-  _globals['_CANCELREQUEST']._serialized_start=1944
-  _globals['_CANCELREQUEST']._serialized_end=1976
-  _globals['_CANCELRESPONSE']._serialized_start=1978
-  _globals['_CANCELRESPONSE']._serialized_end=2049
-  _globals['_PINREQUEST']._serialized_start=2051
-  _globals['_PINREQUEST']._serialized_end=2096
-  _globals['_PINRESPONSE']._serialized_start=2098
-  _globals['_PINRESPONSE']._serialized_end=2146
-  _globals['_VERIFYREQUEST']._serialized_start=2148
-  _globals['_VERIFYREQUEST']._serialized_end=2180
-  _globals['_VERIFYRESPONSE']._serialized_start=2182
-  _globals['_VERIFYRESPONSE']._serialized_end=2264
-  _globals['_CONTROL']._serialized_start=2573
-  _globals['_CONTROL']._serialized_end=3222
+  _globals['_GETREQUEST']._serialized_end=683
+  _globals['_SOURCESHARE']._serialized_start=686
+  _globals['_SOURCESHARE']._serialized_end=842
+  _globals['_GETPROGRESS']._serialized_start=845
+  _globals['_GETPROGRESS']._serialized_end=1050
+  _globals['_SEARCHREQUEST']._serialized_start=1052
+  _globals['_SEARCHREQUEST']._serialized_end=1081
+  _globals['_SEARCHRESPONSE']._serialized_start=1083
+  _globals['_SEARCHRESPONSE']._serialized_end=1144
+  _globals['_PEERSREQUEST']._serialized_start=1146
+  _globals['_PEERSREQUEST']._serialized_end=1228
+  _globals['_PEERSRESPONSE']._serialized_start=1230
+  _globals['_PEERSRESPONSE']._serialized_end=1280
+  _globals['_LISTREQUEST']._serialized_start=1282
+  _globals['_LISTREQUEST']._serialized_end=1295
+  _globals['_LOCALFILE']._serialized_start=1298
+  _globals['_LOCALFILE']._serialized_end=1535
+  _globals['_LISTRESPONSE']._serialized_start=1537
+  _globals['_LISTRESPONSE']._serialized_end=1587
+  _globals['_STATUSREQUEST']._serialized_start=1589
+  _globals['_STATUSREQUEST']._serialized_end=1604
+  _globals['_STATUSRESPONSE']._serialized_start=1607
+  _globals['_STATUSRESPONSE']._serialized_end=1862
+  _globals['_REMOVEREQUEST']._serialized_start=1864
+  _globals['_REMOVEREQUEST']._serialized_end=1896
+  _globals['_REMOVERESPONSE']._serialized_start=1898
+  _globals['_REMOVERESPONSE']._serialized_end=1969
+  _globals['_CANCELREQUEST']._serialized_start=1971
+  _globals['_CANCELREQUEST']._serialized_end=2003
+  _globals['_CANCELRESPONSE']._serialized_start=2005
+  _globals['_CANCELRESPONSE']._serialized_end=2076
+  _globals['_PINREQUEST']._serialized_start=2078
+  _globals['_PINREQUEST']._serialized_end=2123
+  _globals['_PINRESPONSE']._serialized_start=2125
+  _globals['_PINRESPONSE']._serialized_end=2173
+  _globals['_VERIFYREQUEST']._serialized_start=2175
+  _globals['_VERIFYREQUEST']._serialized_end=2207
+  _globals['_VERIFYRESPONSE']._serialized_start=2209
+  _globals['_VERIFYRESPONSE']._serialized_end=2291
+  _globals['_CONTROL']._serialized_start=2600
+  _globals['_CONTROL']._serialized_end=3249
 # @@protoc_insertion_point(module_scope)

@@ -249,6 +249,7 @@ class GetRequest(_message.Message):
     HEADERS_FIELD_NUMBER: _builtins.int
     DIGEST_FIELD_NUMBER: _builtins.int
     S3_ENDPOINT_FIELD_NUMBER: _builtins.int
+    PROGRESS_EVERY_MS_FIELD_NUMBER: _builtins.int
     file_id: _builtins.str
     """File id: 64 lowercase hex characters."""
     output: _builtins.str
@@ -265,6 +266,10 @@ class GetRequest(_message.Message):
     """The digest the whole origin file must match, `sha256:HEX`; empty for none (oci:// URLs carry their own)."""
     s3_endpoint: _builtins.str
     """S3-compatible endpoint URL for s3:// origins; empty for AWS's own."""
+    progress_every_ms: _builtins.int
+    """How often the daemon sends progress, in milliseconds (clamped to 50-60000); 0 = its default, 200 ms. A
+    client that draws no bar asks for fewer messages: each one wakes both processes.
+    """
     @_builtins.property
     def headers(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
         """Request headers for an http(s) origin, one `Name: value` per entry; never logged."""
@@ -280,10 +285,11 @@ class GetRequest(_message.Message):
         headers: _abc.Iterable[_builtins.str] | None = ...,
         digest: _builtins.str = ...,
         s3_endpoint: _builtins.str = ...,
+        progress_every_ms: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["digest", b"digest", "file_id", b"file_id", "headers", b"headers", "output", b"output", "output_dir", b"output_dir", "overwrite", b"overwrite", "s3_endpoint", b"s3_endpoint", "url", b"url"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["digest", b"digest", "file_id", b"file_id", "headers", b"headers", "output", b"output", "output_dir", b"output_dir", "overwrite", b"overwrite", "progress_every_ms", b"progress_every_ms", "s3_endpoint", b"s3_endpoint", "url", b"url"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
