@@ -139,8 +139,10 @@ class PeerServicer:
         except (StoreError, OSError) as err:
             logger.warning("cannot read chunk %d of %s: %s", request.index, entry.file_id, err)
             await context.abort(grpc.StatusCode.INTERNAL, f"cannot read chunk: {err}")
-        # The slot is held until the reply has been sent (or the call failed), not only while it was read.
-        context.add_done_callback(lambda _: served.release())  # type: ignore[arg-type]  # stubs want a class
+        # The slot is held until the reply has been sent (or the call failed), not only while it was read. The
+        # callback keeps only `release`: the chunk's buffer goes once the reply is framed, not when the call ends.
+        release = served.release
+        context.add_done_callback(lambda _: release())  # type: ignore[arg-type]  # stubs want a class
         return ChunkReply(data=served.data, source_complete=served.complete, bitfield=served.bitfield)
 
     async def Exchange(
