@@ -49,7 +49,7 @@ from bench import aria2
 from bench.cgroup import CpuGroup
 from bench.netns import Host, Lab, LabError, netns_pids, pid_alive, require_root
 from bench.pair import BenchError, Procs, make_certs, parse_size, run_cmd, sha256_file, wait_for, write_random_file
-from bench.swarm_measure import MB, Meter, Result, kumar_ross
+from bench.swarm_measure import MB, Meter, Result, daemon_peak_rss, kumar_ross
 from bench.swarm_report import report, write_json
 
 MIB = 2**20
@@ -202,6 +202,7 @@ def run_once(lab: Lab, hosts: dict[str, Host], args: argparse.Namespace, mode: s
         start = time.perf_counter()
         ends, answers, failed = swarm.fetch_all(leechers, file_id, run_dir / "out")
         meter.stop()
+        rss = [daemon_peak_rss(netns_pids(hosts[name].netns)) for name in leechers]
         stats = {name: swarm.status(name) for name in ["seeder", *leechers]}
         starts = [ends[name] - float(answers[name]["seconds"]) for name in answers] or [start]
         result = Result(
@@ -226,6 +227,7 @@ def run_once(lab: Lab, hosts: dict[str, Host], args: argparse.Namespace, mode: s
             cpu_source=meter.cpu_source,
             uplink=meter.uplink,
             from_partial=sum(int(a["sources"]["from_partial_bytes"]) for a in answers.values()),
+            peer_rss=sorted(rss),
         )
         describe(result, leechers)
         for name, error in failed.items():
@@ -262,7 +264,13 @@ def describe(r: Result, leechers: list[str]) -> None:
         f"(min {utils[0]:.0%}, max {utils[-1]:.0%})\n"
         f"  CPU: peers {r.peer_cpu:.1f} s ({r.peer_cpu / r.seconds:.2f} cores), get clients {r.client_cpu:.1f} s; "
         f"all clients {r.cpu:.1f} s = {r.cpu_per_gb:.1f} CPU-s per GB ({r.cpu_source}); "
-        f"machine busy {r.busy_cores:.2f} of {os.cpu_count()} cores; load before {r.load}",
+        f"machine busy {r.busy_cores:.2f} of {os.cpu_count()} cores; load before {r.load}"
+        + (
+            f"\n  leecher daemons' peak RSS: median {r.peer_rss[len(r.peer_rss) // 2] / MB:.0f} MB, "
+            f"max {r.peer_rss[-1] / MB:.0f} MB"
+            if r.peer_rss
+            else ""
+        ),
         flush=True,
     )
 

@@ -75,6 +75,7 @@ class Result:
     uplink: dict[str, int] = field(default_factory=dict)  # bytes on the wire per host during the run
     from_partial: int = 0  # bytes leechers got from peers that were still downloading
     failed: dict[str, str] = field(default_factory=dict)  # leechers whose download failed, with the error
+    peer_rss: list[int] = field(default_factory=list)  # each leecher daemon's peak RSS (VmHWM), bytes
 
     @property
     def ok(self) -> bool:
@@ -92,6 +93,22 @@ class Result:
 
     def util(self, label: str) -> float:
         return self.uplink.get(label, 0) / (self.cap * self.seconds)
+
+
+def daemon_peak_rss(pids: list[int]) -> int:
+    """The largest VmHWM (bytes) among `pids` that run a `shoal peer` daemon; 0 when none is found."""
+    peak = 0
+    for pid in pids:
+        try:
+            argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+            if b"peer" not in argv or b"--data-dir" not in argv:
+                continue
+            for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+                if line.startswith("VmHWM:"):
+                    peak = max(peak, int(line.split()[1]) * 1024)
+        except (FileNotFoundError, ProcessLookupError):
+            continue
+    return peak
 
 
 class Meter:

@@ -14,6 +14,7 @@ RATIO_TARGET = 1.25  # T/T_min at N = 16 (stretch goal)
 SEEDER_TARGET = 2.0  # seeder upload, in F
 CPU_RATIO_TARGET = 2.0  # client CPU-s per GB, Shoal / aria2 in the same run (issue 11)
 TARGET_N = 16
+RSS_TARGET = 100 * 10**6  # every leecher daemon's peak RSS at N = 16, bytes (issue 11)
 
 
 def pairs(results: list[Result]) -> list[tuple[Result, Result]]:
@@ -74,6 +75,14 @@ def targets(results: list[Result], matched: list[tuple[Result, Result]]) -> None
     for r in at:
         ok = "PASS" if r.ok and r.ratio <= RATIO_TARGET else "FAIL"
         print(f"{ok} ratio: T/T_min {r.ratio:.2f} at N = {r.n} (target <= {RATIO_TARGET})")
+    for r in at:
+        if r.peer_rss:
+            ok = "PASS" if r.peer_rss[-1] <= RSS_TARGET else "FAIL"
+            median = r.peer_rss[len(r.peer_rss) // 2]
+            print(
+                f"{ok} peer peak RSS: max {r.peer_rss[-1] / MB:.0f} MB, median {median / MB:.0f}"
+                f" MB over {len(r.peer_rss)} leechers (N = {r.n}; target <= {RSS_TARGET / MB:.0f} MB)"
+            )
     worst = max(sharing, key=lambda r: r.seeder_up)
     ok = "PASS" if worst.seeder_up <= SEEDER_TARGET * worst.size else "FAIL"
     print(f"{ok} seeder upload: at most {worst.seeder_up / worst.size:.2f} F (N = {worst.n}; target <= 2 F)")

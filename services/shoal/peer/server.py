@@ -27,6 +27,11 @@ MAX_ZONE = 128
 MAX_KNOWN = 100  # holders one exchange may carry (we send at most 50)
 
 
+def _framed(reply: bytes) -> bytes:
+    """GetChunk's serializer: the servicer returns the reply already framed by `wire.encode`."""
+    return reply
+
+
 async def _refuse(context: grpc.aio.ServicerContext, code: grpc.StatusCode, what: str, value: object) -> None:
     """One log line (the attacker's text shortened, as %r) and the status."""
     shown = value[:80] if isinstance(value, str | bytes) else value
@@ -108,7 +113,7 @@ class PeerServicer:
         entry = await _entry(self._node, file_id, context)
         return peer_pb2.GetManifestResponse(manifest=entry.manifest)
 
-    async def GetChunk(self, request: peer_pb2.GetChunkRequest, context: grpc.aio.ServicerContext) -> ChunkReply:
+    async def GetChunk(self, request: peer_pb2.GetChunkRequest, context: grpc.aio.ServicerContext) -> bytes:
         if len(request.peer_id) > MAX_PEER_ID:
             await _refuse(context, grpc.StatusCode.INVALID_ARGUMENT, "peer id too long", request.peer_id)
         if self._origins is not None and self._node.store.get(request.file_id) is None:
@@ -119,7 +124,7 @@ class PeerServicer:
                 data = None
             if data is not None:
                 self._node.stats.uploaded_bytes += len(data)
-                return ChunkReply(data=data, source_complete=False, bitfield=b"")
+                return encode(ChunkReply(data=data, source_complete=False, bitfield=b""))
         entry = await _entry(self._node, request.file_id, context)
         nchunks = len(entry.manifest.chunk_sha256)
         if request.index >= nchunks:
@@ -140,10 +145,12 @@ class PeerServicer:
             logger.warning("cannot read chunk %d of %s: %s", request.index, entry.file_id, err)
             await context.abort(grpc.StatusCode.INTERNAL, f"cannot read chunk: {err}")
         # The slot is held until the reply has been sent (or the call failed), not only while it was read. The
-        # callback keeps only `release`: the chunk's buffer goes once the reply is framed, not when the call ends.
-        release = served.release
-        context.add_done_callback(lambda _: release())  # type: ignore[arg-type]  # stubs want a class
-        return ChunkReply(data=served.data, source_complete=served.complete, bitfield=served.bitfield)
+        # reply is framed here and the read buffer dropped from `served`: gRPC keeps a finished call's done
+        # callbacks (and so `served`) alive for a while, which kept ~32 chunk buffers alive after every burst.
+        reply = encode(ChunkReply(data=served.data, source_complete=served.complete, bitfield=served.bitfield))
+        served.data = b""
+        context.add_done_callback(lambda _: served.release())  # type: ignore[arg-type]  # stubs want a class
+        return reply
 
     async def Exchange(
         self, request: peer_pb2.ExchangeRequest, context: grpc.aio.ServicerContext
@@ -217,7 +224,7 @@ def add_to_server(servicer: PeerServicer, server: grpc.aio.Server) -> None:
         "GetChunk": grpc.unary_unary_rpc_method_handler(
             servicer.GetChunk,
             request_deserializer=peer_pb2.GetChunkRequest.FromString,
-            response_serializer=encode,
+            response_serializer=_framed,
         ),
         "Exchange": grpc.unary_unary_rpc_method_handler(
             servicer.Exchange,
