@@ -91,10 +91,11 @@ format: venv
 typecheck: venv
 	$(PY) -m mypy --explicit-package-bases $(TYPECHECK_PATHS)
 
-# Run every check and the whole test suite, every marker included (what CI runs).
+# Run every check and the whole test suite, every marker included, then the fault suite again with mutual TLS (what CI runs).
 .PHONY: test
 test: venv system-deps proto-check lint typecheck
 	$(PY) -m pytest -q $(PYTEST_ARGS)
+	SHOAL_TEST_TLS=1 $(PY) -m pytest -q -m faults $(PYTEST_ARGS) || test $$? -eq 5  # 5: PYTEST_ARGS selected no fault test
 
 # Run the unit tests.
 .PHONY: test-unit
@@ -115,6 +116,11 @@ fuzz: venv
 .PHONY: test-faults
 test-faults: venv system-deps
 	$(PY) -m pytest -q -m faults $(PYTEST_ARGS)
+
+# Run the fault-injection suite with mutual TLS on every gRPC listener and channel (root; table in results-tls.md).
+.PHONY: test-faults-tls
+test-faults-tls: venv system-deps
+	SHOAL_TEST_TLS=1 $(PY) -m pytest -q -m faults $(PYTEST_ARGS)
 
 # Run the metrics suite: collectors and exporter, then every dashboard query against a real Prometheus.
 .PHONY: test-metrics

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable, Generator, Iterator
 from pathlib import Path
 
@@ -26,12 +25,9 @@ def pytest_configure(config: pytest.Config) -> None:
 
 def _swarm_tls(factory: pytest.TempPathFactory, wanted: bool) -> TlsFiles | None:
     """Certificates from a fresh CA when a test asks for TLS, or when SHOAL_TEST_TLS=1 asks for it everywhere."""
-    if not (wanted or os.environ.get("SHOAL_TEST_TLS") == "1"):
-        return None
-    from helpers.tls import Authority
+    from helpers.tls import swarm_files
 
-    directory = factory.mktemp("tls")
-    return Authority.create(directory).issue(directory, "swarm")
+    return swarm_files(factory, wanted)
 
 
 @pytest.fixture

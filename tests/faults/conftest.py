@@ -10,13 +10,22 @@ from pathlib import Path
 
 import pytest
 from faults.report import Report
+from helpers.tls import requested, swarm_files
+
+from shoal.config import TlsFiles
 
 ROOT = Path(__file__).resolve().parents[2]
 
 logger = logging.getLogger(__name__)
 
-# Where the table goes besides the terminal; docs/reliability.md is filled from it.
-REPORT_PATH = Path(os.environ.get("SHOAL_FAULTS_REPORT", ROOT / ".cache" / "faults" / "results.md"))
+# Where the table goes besides the terminal; docs/reliability.md is filled from it. A TLS run (SHOAL_TEST_TLS=1)
+# writes a sibling, results-tls.md, and leaves the plaintext table alone.
+_PLAINTEXT_REPORT = Path(os.environ.get("SHOAL_FAULTS_REPORT", ROOT / ".cache" / "faults" / "results.md"))
+REPORT_PATH = (
+    _PLAINTEXT_REPORT.with_name(f"{_PLAINTEXT_REPORT.stem}-tls{_PLAINTEXT_REPORT.suffix}")
+    if requested()
+    else _PLAINTEXT_REPORT
+)
 
 
 _REPORT = Report()
@@ -26,6 +35,12 @@ _REPORT = Report()
 def report() -> Report:
     """The session's results table."""
     return _REPORT
+
+
+@pytest.fixture(scope="session")
+def tls_files(tmp_path_factory: pytest.TempPathFactory) -> TlsFiles | None:
+    """The certificates every swarm of the suite serves and dials with under SHOAL_TEST_TLS=1; None runs plaintext."""
+    return swarm_files(tmp_path_factory)
 
 
 @pytest.fixture(scope="session")
@@ -40,7 +55,7 @@ def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
     if not _REPORT.rows:
         return
     table = _REPORT.markdown()
-    terminalreporter.section("fault-injection results")
+    terminalreporter.section("fault-injection results" + (" (mutual TLS)" if requested() else ""))
     terminalreporter.write(table)
     try:
         REPORT_PATH.parent.mkdir(parents=True, exist_ok=True)

@@ -13,8 +13,10 @@ from datetime import datetime
 from pathlib import Path
 
 import grpc
+from helpers.tls import channel
 
-from shoal import net
+from shoal import net, tls
+from shoal.config import TlsFiles
 from shoal.localswarm import Proc
 from shoal.v1 import control_pb2, control_pb2_grpc, tracker_pb2, tracker_pb2_grpc
 
@@ -49,10 +51,10 @@ def status(peer: Proc) -> control_pb2.StatusResponse:
 
 
 @contextlib.contextmanager
-def tracker_stub(address: str) -> Iterator[tracker_pb2_grpc.TrackerStub]:
-    """A blocking TrackerStub for one replica."""
-    with grpc.insecure_channel(address, options=net.CHANNEL_OPTIONS) as channel:
-        yield tracker_pb2_grpc.TrackerStub(channel)
+def tracker_stub(address: str, files: TlsFiles | None) -> Iterator[tracker_pb2_grpc.TrackerStub]:
+    """A blocking TrackerStub for one replica, over mutual TLS with `files` (the swarm's), else plaintext."""
+    with channel(address, files, tls.TRACKER_NAME) as opened:
+        yield tracker_pb2_grpc.TrackerStub(opened)
 
 
 @dataclass(frozen=True)
@@ -68,10 +70,10 @@ class TrackerView:
         return [peer_id for peer_id, _ in self.peers]
 
 
-def tracker_view(address: str, timeout: float = 3.0) -> TrackerView | None:
-    """ListPeers and SearchFiles('') of one replica, or None if it does not answer."""
+def tracker_view(address: str, files: TlsFiles | None, timeout: float = 3.0) -> TrackerView | None:
+    """ListPeers and SearchFiles('') of one replica, dialled with the swarm's TLS files; None if it does not answer."""
     try:
-        with tracker_stub(address) as stub:
+        with tracker_stub(address, files) as stub:
             peers = stub.ListPeers(tracker_pb2.ListPeersRequest(), timeout=timeout)
             found = stub.SearchFiles(tracker_pb2.SearchFilesRequest(term="", limit=1000), timeout=timeout)
     except grpc.RpcError:

@@ -20,8 +20,11 @@ from types import TracebackType
 import grpc
 from bench.netns import Host, Lab
 from faults.harness import TrackerView, control_stub, run
+from faults.probe import PLAINTEXT
 from helpers.polling import wait_until
+from helpers.tls import tls_args
 
+from shoal.config import TlsFiles
 from shoal.localswarm import LocalSwarm, Proc
 from shoal.v1 import control_pb2
 
@@ -36,9 +39,10 @@ PEER_PORT = 7401
 class Probe:
     """A long-lived `python -m faults.probe` inside one lab host: asks trackers for their view."""
 
-    def __init__(self, host: Host) -> None:
+    def __init__(self, host: Host, tls: TlsFiles | None) -> None:
+        secure = tls_args(tls) if tls is not None else []
         self._popen = subprocess.Popen(
-            host.argv([sys.executable, "-m", "faults.probe"]),
+            host.argv([sys.executable, "-m", "faults.probe", *secure]),
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             text=True,
@@ -46,10 +50,10 @@ class Probe:
             env={**os.environ, "PYTHONPATH": str(TESTS)},
         )
 
-    def view(self, address: str) -> TrackerView | None:
-        """ListPeers and SearchFiles('') of the tracker at `address`, or None if it does not answer."""
+    def view(self, address: str, plaintext: bool = False) -> TrackerView | None:
+        """ListPeers and SearchFiles('') of the tracker at `address` (without TLS if `plaintext`), None if no answer."""
         assert self._popen.stdin is not None and self._popen.stdout is not None
-        self._popen.stdin.write(address + "\n")
+        self._popen.stdin.write((PLAINTEXT if plaintext else "") + address + "\n")
         self._popen.stdin.flush()
         line = self._popen.stdout.readline()
         if not line:
@@ -75,13 +79,16 @@ class Probe:
 
 
 class NsSwarm:
-    """Trackers and peers as real processes, each in a lab host; stop() tears down processes and the lab."""
+    """Trackers and peers as real processes, each in a lab host; stop() tears down processes and the lab.
 
-    def __init__(self, workdir: Path, interval: float) -> None:
+    With `tls` every tracker and peer serves and dials with mutual TLS, and so does the probe."""
+
+    def __init__(self, workdir: Path, interval: float, tls: TlsFiles | None = None) -> None:
         self.workdir = workdir
         self.interval = interval
+        self.tls = tls
         self.lab = Lab(prefix=PREFIX)
-        self.local = LocalSwarm(workdir)  # for cli(), signal() and stop_proc() on our Proc records
+        self.local = LocalSwarm(workdir, tls=tls)  # for cli(), signal() and stop_proc() on our Proc records
         self.rules: list[tuple[Host, list[str]]] = []
         self._probe: Probe | None = None
 
@@ -99,6 +106,9 @@ class NsSwarm:
         """A new namespace on the lab bridge."""
         return self.lab.add_host(label)
 
+    def _secure(self) -> list[str]:
+        return tls_args(self.tls) if self.tls is not None else []
+
     def _spawn(self, host: Host, name: str, args: list[str]) -> subprocess.Popen[bytes]:
         log = open(self.workdir / f"{name}.log", "ab")  # noqa: SIM115 - the child owns it
         env = {key: value for key, value in os.environ.items() if not key.startswith("SHOAL_")}
@@ -114,12 +124,14 @@ class NsSwarm:
         """Start a tracker in `host` and wait until it answers the probe."""
         address = f"{host.ip}:{TRACKER_PORT}"
         name = f"tracker-{host.label}"
-        args = ["tracker", "--listen", address, "--announce-interval", str(self.interval)]
+        args = ["tracker", "--listen", address, "--announce-interval", str(self.interval), *self._secure()]
         proc = Proc(name, args, address, self.workdir / f"{name}.log", self._spawn(host, name, args))
         self.local.trackers.append(proc)
         if self._probe is None:
-            self._probe = Probe(host)
+            self._probe = Probe(host, self.tls)
         wait_until(lambda: self.view(address) is not None, timeout=60, what=f"tracker in {host.label} to answer")
+        if self.tls is not None:  # the switch really switched: this tracker refuses a plaintext client
+            assert self._probe.view(address, plaintext=True) is None, f"{name} answered a plaintext client"
         return proc
 
     def peer(self, host: Host, trackers: list[Proc], *extra: str) -> Proc:
@@ -128,7 +140,7 @@ class NsSwarm:
         name = f"peer-{host.label}"
         data_dir = self.workdir / name
         args = ["peer", "--listen", address, "--tracker", ",".join(t.address for t in trackers)]
-        args += ["--data-dir", str(data_dir), *extra]
+        args += ["--data-dir", str(data_dir), *extra, *self._secure()]
         proc = Proc(name, args, address, self.workdir / f"{name}.log", self._spawn(host, name, args), data_dir)
         self.local.peers.append(proc)
         wait_until(lambda: _answers(proc), timeout=60, what=f"peer in {host.label} to answer")

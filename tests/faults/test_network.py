@@ -25,6 +25,7 @@ from helpers.files import make_file, sha256_of
 from helpers.polling import wait_until
 from helpers.processes import start_peers, start_trackers
 
+from shoal.config import TlsFiles
 from shoal.localswarm import LocalSwarm, Proc, free_port
 
 logger = logging.getLogger(__name__)
@@ -37,9 +38,9 @@ LAB_INTERVAL = 1.0  # shorter leases than the default, so the partition outlives
 
 
 @pytest.fixture
-def lab(root_user: None, tmp_path: Path) -> Iterator[NsSwarm]:
+def lab(root_user: None, tmp_path: Path, tls_files: TlsFiles | None) -> Iterator[NsSwarm]:
     """A namespace lab; processes, iptables rules and namespaces are removed whatever happens."""
-    with NsSwarm(tmp_path / "lab", LAB_INTERVAL) as ns:
+    with NsSwarm(tmp_path / "lab", LAB_INTERVAL, tls=tls_files) as ns:
         try:
             yield ns
         finally:
@@ -137,14 +138,14 @@ def test_g_packet_loss_on_source_link(lab: NsSwarm, tmp_path: Path, report: Repo
     )
 
 
-def test_g_latency_through_delay_proxy(tmp_path: Path, report: Report) -> None:
+def test_g_latency_through_delay_proxy(tmp_path: Path, tls_files: TlsFiles | None, report: Report) -> None:
     size = 32 * MiB
     blob = tmp_path / "g.bin"
     sha = make_file(blob, size)
     timings: dict[str, float] = {}
     checks: list[Check] = []
     for mode in ("clean", "delayed"):
-        swarm = LocalSwarm(tmp_path / mode)
+        swarm = LocalSwarm(tmp_path / mode, tls=tls_files)
         proxy: DelayProxy | None = None
         try:
             start_trackers(swarm, 1)

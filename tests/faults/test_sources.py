@@ -23,6 +23,7 @@ from helpers.files import make_file, sha256_of
 from helpers.polling import wait_until
 from helpers.processes import start_peers, start_trackers
 
+from shoal.config import TlsFiles
 from shoal.localswarm import LocalSwarm, Proc, wait_serving
 from shoal.peer.superseed import ACTIVE_SECONDS
 
@@ -75,22 +76,22 @@ class BigSwarm:
             if not source.alive():
                 self.swarm.restart(source, wait=False)
         for source in self.sources:
-            wait_serving(source.address, timeout=60)
+            wait_serving(source.probe_address, timeout=60)
         wanted = peer_ids(self.sources)
         for tracker in self.swarm.trackers:
 
             def listed(address: str = tracker.address) -> bool:
-                view = tracker_view(address)
+                view = tracker_view(address, self.swarm.tls)
                 return view is not None and wanted <= set(view.peer_ids)
 
             wait_until(listed, timeout=30, what=f"{tracker.name} to list the sources again")
 
 
 @pytest.fixture(scope="module")
-def big(tmp_path_factory: pytest.TempPathFactory) -> Iterator[BigSwarm]:
+def big(tmp_path_factory: pytest.TempPathFactory, tls_files: TlsFiles | None) -> Iterator[BigSwarm]:
     """Two trackers and three capped sources with one 256 MiB file; torn down whatever happens."""
     workdir = tmp_path_factory.mktemp("sources")
-    swarm = LocalSwarm(workdir)
+    swarm = LocalSwarm(workdir, tls=tls_files)
     try:
         start_trackers(swarm, 2)
         sources = start_peers(swarm, 3, "--upload-limit", str(UPLOAD_LIMIT), "--chunk-size", str(CHUNK))

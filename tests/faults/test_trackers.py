@@ -22,7 +22,7 @@ from helpers.files import make_file, sha256_of
 from helpers.polling import wait_until
 from helpers.processes import start_peers, start_trackers
 
-from shoal.config import DEFAULT_ANNOUNCE_INTERVAL, DEFAULT_TTL_INTERVALS
+from shoal.config import DEFAULT_ANNOUNCE_INTERVAL, DEFAULT_TTL_INTERVALS, TlsFiles
 from shoal.localswarm import LocalSwarm, Proc
 
 logger = logging.getLogger(__name__)
@@ -34,9 +34,9 @@ TTL = INTERVAL * DEFAULT_TTL_INTERVALS
 
 
 @pytest.fixture
-def swarm(tmp_path: Path) -> Iterator[LocalSwarm]:
-    """A LocalSwarm with the default announce interval; every process is stopped afterwards."""
-    local = LocalSwarm(tmp_path, announce_interval=INTERVAL)
+def swarm(tmp_path: Path, tls_files: TlsFiles | None) -> Iterator[LocalSwarm]:
+    """A LocalSwarm with the default announce interval (mutual TLS under SHOAL_TEST_TLS=1); stopped afterwards."""
+    local = LocalSwarm(tmp_path, announce_interval=INTERVAL, tls=tls_files)
     try:
         yield local
     finally:
@@ -52,14 +52,14 @@ def _complete(view: TrackerView | None, ids: set[str], files: dict[str, tuple[in
     return len(listed) == len(set(listed)) and set(listed) == ids and view.files == files
 
 
-def _full(address: str, ids: set[str], files: dict[str, tuple[int, int]]) -> bool:
+def _full(swarm: LocalSwarm, address: str, ids: set[str], files: dict[str, tuple[int, int]]) -> bool:
     """True when the replica at `address` has the complete view."""
-    return _complete(tracker_view(address), ids, files)
+    return _complete(tracker_view(address, swarm.tls), ids, files)
 
 
-def _files_on(address: str, count: int) -> dict[str, tuple[int, int]] | None:
+def _files_on(swarm: LocalSwarm, address: str, count: int) -> dict[str, tuple[int, int]] | None:
     """The replica's files with holder counts once it lists `count` of them."""
-    view = tracker_view(address)
+    view = tracker_view(address, swarm.tls)
     return view.files if view is not None and len(view.files) == count else None
 
 
@@ -126,20 +126,24 @@ def test_d_restart_tracker_empty_rebuilds_view(swarm: LocalSwarm, tmp_path: Path
         put(swarm, peer, path)
     ids = peer_ids(peers)
     files = wait_until(
-        lambda: _files_on(trackers[1].address, len(peers)), timeout=30, what="the other replica to list every file"
+        lambda: _files_on(swarm, trackers[1].address, len(peers)),
+        timeout=30,
+        what="the other replica to list every file",
     )
     wait_until(
-        lambda: _complete(tracker_view(trackers[0].address), ids, files), timeout=30, what="a full view before the kill"
+        lambda: _complete(tracker_view(trackers[0].address, swarm.tls), ids, files),
+        timeout=30,
+        what="a full view before the kill",
     )
     _kill(swarm, trackers[0])
     time.sleep(2 * INTERVAL)  # peers back off while the replica is gone
     swarm.restart(trackers[0])  # same port, empty registry; returns once SERVING
     serving = time.monotonic()
-    first = tracker_view(trackers[0].address)
+    first = tracker_view(trackers[0].address, swarm.tls)
     seen: dict[str, float] = {}
     took = None
     while time.monotonic() - serving < 30:
-        view = tracker_view(trackers[0].address)
+        view = tracker_view(trackers[0].address, swarm.tls)
         now = time.monotonic() - serving
         for peer_id in view.peer_ids if view is not None else []:
             seen.setdefault(peer_id, now)
@@ -177,7 +181,7 @@ def test_e_killed_peer_unlisted_within_10s(swarm: LocalSwarm, tmp_path: Path, re
         file_id = put(swarm, peer, path)
     ids = peer_ids(peers)
     for tracker in trackers:
-        wait_until(partial(_full, tracker.address, ids, {file_id: (3, 0)}), timeout=30, what="every peer listed")
+        wait_until(partial(_full, swarm, tracker.address, ids, {file_id: (3, 0)}), timeout=30, what="every peer listed")
     victim = peers[0]
     victim_id = peer_ids([victim]).pop()
     _kill(swarm, victim)
@@ -187,7 +191,7 @@ def test_e_killed_peer_unlisted_within_10s(swarm: LocalSwarm, tmp_path: Path, re
         for tracker in trackers:
             if tracker.address in gone_after:
                 continue
-            view = tracker_view(tracker.address)
+            view = tracker_view(tracker.address, swarm.tls)
             if view is not None and victim_id not in view.peer_ids and view.files.get(file_id) == (2, 0):
                 gone_after[tracker.address] = time.monotonic() - killed
         time.sleep(0.05)
@@ -215,7 +219,7 @@ def test_f_all_trackers_down_30s(swarm: LocalSwarm, tmp_path: Path, report: Repo
     file_id = put(swarm, seed, path)
     path.unlink()
     everyone = [seed, *leechers]
-    wait_until(lambda: _files_on(trackers[0].address, 1), timeout=30, what="the file listed")
+    wait_until(lambda: _files_on(swarm, trackers[0].address, 1), timeout=30, what="the file listed")
     watches = [Watch(peer, file_id, tmp_path / f"f-{peer.name}.bin").start() for peer in leechers]
     for watch in watches:
         wait_until(partial(_under_way, watch), timeout=60, what="every download under way")
@@ -236,7 +240,9 @@ def test_f_all_trackers_down_30s(swarm: LocalSwarm, tmp_path: Path, report: Repo
     rebuilt: dict[str, float] = {}
     while len(rebuilt) < len(trackers) and time.monotonic() - back < 60:
         for tracker in trackers:
-            if tracker.address not in rebuilt and _complete(tracker_view(tracker.address, 1.0), ids, expected):
+            if tracker.address not in rebuilt and _complete(
+                tracker_view(tracker.address, swarm.tls, 1.0), ids, expected
+            ):
                 rebuilt[tracker.address] = time.monotonic() - back
         time.sleep(0.05)
     verified = all(w.done and sha256_of(w.output) == sha for w in watches)

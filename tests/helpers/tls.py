@@ -8,16 +8,24 @@ import logging
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
+import grpc
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from shoal import tls
+from shoal import net, tls
 from shoal.config import TlsFiles
 
+if TYPE_CHECKING:
+    import pytest
+
 logger = logging.getLogger(__name__)
+
+# Set to 1 to run every test swarm (the `swarm` fixtures, the fault suite) with mutual TLS.
+ENV = "SHOAL_TEST_TLS"
 
 _DAY = datetime.timedelta(days=1)
 
@@ -129,3 +137,26 @@ def pem(files: TlsFiles) -> tuple[bytes, bytes, bytes]:
 def tls_args(files: TlsFiles) -> list[str]:
     """The daemon flags for these files."""
     return ["--tls-cert", str(files.cert), "--tls-key", str(files.key), "--tls-ca", str(files.ca)]
+
+
+def requested() -> bool:
+    """True when SHOAL_TEST_TLS=1 asks for mutual TLS on every test swarm."""
+    return os.environ.get(ENV) == "1"
+
+
+def swarm_files(factory: pytest.TempPathFactory, wanted: bool = False) -> TlsFiles | None:
+    """Certificates from a fresh CA when `wanted` or SHOAL_TEST_TLS=1, else None (the swarm runs plaintext)."""
+    if not (wanted or requested()):
+        return None
+    directory = factory.mktemp("tls")
+    return Authority.create(directory).issue(directory, "swarm")
+
+
+def channel(address: str, files: TlsFiles | None, server_name: str) -> grpc.Channel:
+    """A blocking channel to a tracker or peer: mutual TLS with `files` expecting `server_name`, else plaintext."""
+    if files is None:
+        return grpc.insecure_channel(address, options=net.CHANNEL_OPTIONS)
+    cert, key, ca = pem(files)
+    credentials = grpc.ssl_channel_credentials(root_certificates=ca, private_key=key, certificate_chain=cert)
+    options = [*net.CHANNEL_OPTIONS, ("grpc.ssl_target_name_override", server_name)]
+    return grpc.secure_channel(address, credentials, options=options)
