@@ -130,3 +130,39 @@ async def test_no_piggyback_for_huge_files(tmp_path: Path, monkeypatch: pytest.M
     s = Setup(tmp_path)
     monkeypatch.setattr(uploads, "PIGGYBACK_MAX_CHUNKS", NCHUNKS - 1)
     assert (await s.uploads.serve(s.entry, 0, "a")).bitfield == b""
+
+
+async def test_origin_part_chunks_take_a_slot_and_count(tmp_path: Path) -> None:
+    s = Setup(tmp_path, slots=1)
+    calls = []
+
+    async def read() -> bytes:
+        calls.append(1)
+        return b"p" * CS
+
+    served = await s.uploads.serve_read(read)
+    assert served is not None and served.data == b"p" * CS and not served.complete
+    assert s.stats.active_uploads == 1 and s.stats.uploaded_bytes == CS and s.stats.chunks_uploaded == 1
+    with pytest.raises(Busy):  # the one slot is held until the reply is sent: part chunks share the slots
+        await s.uploads.serve_read(read)
+    assert len(calls) == 1  # refused before reading
+    served.release()
+    assert s.stats.active_uploads == 0
+
+
+async def test_origin_part_without_the_chunk_or_failing_gives_the_slot_back(tmp_path: Path) -> None:
+    s = Setup(tmp_path, slots=1)
+
+    async def nothing() -> None:
+        return None
+
+    async def broken() -> bytes:
+        raise OSError("part file gone")
+
+    assert await s.uploads.serve_read(nothing) is None
+    with pytest.raises(OSError):
+        await s.uploads.serve_read(broken)
+    assert s.stats.active_uploads == 0 and s.stats.uploaded_bytes == 0
+    s.uploads.drain()
+    with pytest.raises(Draining):
+        await s.uploads.serve_read(nothing)

@@ -14,7 +14,7 @@ import grpc
 from shoal import content
 from shoal.peer.errors import Busy, Corrupt, DownloadError, Draining, NoHolders, NotHeld, TrackersUnavailable
 from shoal.peer.node import Node
-from shoal.peer.uploads import Uploads
+from shoal.peer.uploads import Served, Uploads
 from shoal.peer.wire import SERVICE, ChunkReply, encode
 from shoal.store import Entry, StoreError
 from shoal.v1 import common_pb2, peer_pb2
@@ -25,6 +25,18 @@ MAX_PEER_ID = 64  # ids are 32 hex characters; room for other implementations
 MAX_ADDRESS = 256
 MAX_ZONE = 128
 MAX_KNOWN = 100  # holders one exchange may carry (we send at most 50)
+
+
+def _reply(served: Served, context: grpc.aio.ServicerContext) -> bytes:
+    """Frame a served chunk; its upload slot is held until the reply has been sent (or the call failed).
+
+    The read buffer is dropped from `served` once framed: gRPC keeps a finished call's done callbacks (and so
+    `served`) alive for a while, which kept ~32 chunk buffers alive after every burst.
+    """
+    reply = encode(ChunkReply(data=served.data, source_complete=served.complete, bitfield=served.bitfield))
+    served.data = b""
+    context.add_done_callback(lambda _: served.release())  # type: ignore[arg-type]  # stubs want a class
+    return reply
 
 
 def _framed(reply: bytes) -> bytes:
@@ -116,15 +128,19 @@ class PeerServicer:
     async def GetChunk(self, request: peer_pb2.GetChunkRequest, context: grpc.aio.ServicerContext) -> bytes:
         if len(request.peer_id) > MAX_PEER_ID:
             await _refuse(context, grpc.StatusCode.INVALID_ARGUMENT, "peer id too long", request.peer_id)
-        if self._origins is not None and self._node.store.get(request.file_id) is None:
+        origins = self._origins
+        if origins is not None and self._node.store.get(request.file_id) is None:
+            part: Served | None = None
             try:
-                data = await self._origins.read_chunk(request.file_id, request.index)
+                part = await self._uploads.serve_read(lambda: origins.read_chunk(request.file_id, request.index))
+            except Draining as err:
+                await context.abort(grpc.StatusCode.UNAVAILABLE, str(err))
+            except Busy as err:
+                await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, str(err))
             except (StoreError, OSError) as err:
                 logger.warning("cannot read chunk %d of URL key %s: %s", request.index, request.file_id[:12], err)
-                data = None
-            if data is not None:
-                self._node.stats.uploaded_bytes += len(data)
-                return encode(ChunkReply(data=data, source_complete=False, bitfield=b""))
+            if part is not None:
+                return _reply(part, context)
         entry = await _entry(self._node, request.file_id, context)
         nchunks = len(entry.manifest.chunk_sha256)
         if request.index >= nchunks:
@@ -144,13 +160,7 @@ class PeerServicer:
         except (StoreError, OSError) as err:
             logger.warning("cannot read chunk %d of %s: %s", request.index, entry.file_id, err)
             await context.abort(grpc.StatusCode.INTERNAL, f"cannot read chunk: {err}")
-        # The slot is held until the reply has been sent (or the call failed), not only while it was read. The
-        # reply is framed here and the read buffer dropped from `served`: gRPC keeps a finished call's done
-        # callbacks (and so `served`) alive for a while, which kept ~32 chunk buffers alive after every burst.
-        reply = encode(ChunkReply(data=served.data, source_complete=served.complete, bitfield=served.bitfield))
-        served.data = b""
-        context.add_done_callback(lambda _: served.release())  # type: ignore[arg-type]  # stubs want a class
-        return reply
+        return _reply(served, context)
 
     async def Exchange(
         self, request: peer_pb2.ExchangeRequest, context: grpc.aio.ServicerContext

@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
 from shoal import content
@@ -102,6 +102,31 @@ class Uploads:
                 self._seeder(entry).served(index, peer_id)
             small = entry.have.size <= PIGGYBACK_MAX_CHUNKS
             served = Served(data, complete, self.bitfield_for(entry, peer_id) if small else b"", self._free_slot)
+            handed_over = True
+            return served
+        finally:
+            if not handed_over:
+                self._free_slot()
+
+    async def serve_read(self, read: Callable[[], Awaitable[bytes | None]]) -> Served | None:
+        """Serve what `read` returns (a chunk of an origin import's part file) within the same slots, cap and
+        counters as held chunks; None (slot given back) when it has no such chunk."""
+        if self.draining:
+            raise Draining("peer is shutting down")
+        stats = self._stats
+        if stats.active_uploads >= self._slots:
+            stats.busy_rejections += 1
+            raise Busy("all upload slots busy")
+        stats.active_uploads += 1
+        handed_over = False
+        try:
+            data = await read()
+            if data is None:
+                return None
+            await self._bucket.take(len(data))
+            stats.uploaded_bytes += len(data)
+            stats.chunks_uploaded += 1
+            served = Served(data, False, b"", self._free_slot)
             handed_over = True
             return served
         finally:
