@@ -23,6 +23,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import shlex
 import shutil
 import signal
@@ -52,27 +53,46 @@ SHOAL = str(Path(sys.executable).parent.absolute() / "shoal")
 CACHE = Path(__file__).resolve().parents[1] / ".cache" / "bench"
 
 TCP_SERVER = """
-import socket, sys
+import socket, subprocess, sys
 size, port = int(sys.argv[1]), int(sys.argv[2])
 block = bytes(1 << 16)
 with socket.create_server(("0.0.0.0", port)) as server:
     print("listening", flush=True)
-    conn, _ = server.accept()
+    conn, peer = server.accept()
     with conn:
-        while size > 0:
-            conn.sendall(block[: min(size, len(block))])
-            size -= len(block)
+        left = size
+        while left > 0:
+            conn.sendall(block[: min(left, len(block))])
+            left -= len(block)
+        conn.recv(1)  # the client has every byte: the sender's tcp_info, before the connection goes
+        ss = ["ss", "-tinH", "state", "established", "( sport = :%d and dst %s )" % (port, peer[0])]
+        print(subprocess.run(ss, capture_output=True, text=True).stdout, flush=True)
 """
 TCP_CLIENT = """
 import socket, sys, time
 started = time.monotonic()
 received = 0
+size = int(sys.argv[3])
 conn = socket.create_connection((sys.argv[1], int(sys.argv[2])), timeout=120)
 with conn:
-    while data := conn.recv(1 << 20):
+    while received < size and (data := conn.recv(1 << 20)):
         received += len(data)
-print(received, time.monotonic() - started)
+    seconds = time.monotonic() - started
+    conn.sendall(b"x")
+    conn.recv(1)
+print(received, seconds)
 """
+SS_FIELDS = {"busy": r"\bbusy:(\d+)ms", "retrans": r"\bretrans:\d+/(\d+)", "bytes_retrans": r"\bbytes_retrans:(\d+)"}
+
+
+def tcp_info(ss_output: str) -> dict[str, float]:
+    """The sender's view of its connection from `ss -ti`: busy seconds (data in flight), segments resent."""
+    found: dict[str, float] = {}
+    for name, pattern in SS_FIELDS.items():
+        match = re.search(pattern, ss_output)
+        if match:
+            found[name] = int(match.group(1)) / (1000 if name == "busy" else 1)
+    return found
 
 
 @dataclass
@@ -89,6 +109,7 @@ class Fetch:
     failing_drops: int = 0  # ... as failing (three failed calls in a row)
     error: str = ""
     log_lines: list[str] = field(default_factory=list)  # shoal: the downloader's warnings about its source
+    sender: dict[str, float] = field(default_factory=dict)  # the source's tcp_info at the end (ss -ti)
 
     @property
     def mbps(self) -> float:
@@ -189,8 +210,10 @@ class LossLab:
                 seconds = time.perf_counter() - start
                 return self._judge(Fetch("shoal", loss, seconds, self.args.size, ok=False, error=str(err)[-800:]), name)
             seconds = time.perf_counter() - start
+            sender = self.sender_info()
             final = json.loads(answer.splitlines()[-1])
             fetch = Fetch("shoal", loss, seconds, self.args.size, float(final.get("transfer_seconds", 0.0)))
+            fetch.sender = sender
             fetch.ok = sha256_file(out) == digest
             if not fetch.ok:
                 fetch.error = "the copy does not match the source's sha256"
@@ -199,6 +222,11 @@ class LossLab:
         finally:
             self.procs.stop(name)  # it leaves the tracker: the next round has the source only
             shutil.rmtree(self.work / name, ignore_errors=True)
+
+    def sender_info(self) -> dict[str, float]:
+        """tcp_info of the source's connection to the downloader (the pooled channel stays open after a get)."""
+        ss = ["ss", "-tinH", "state", "established", f"( sport = :{PEER_PORT} and dst {self.dl.ip} )"]
+        return tcp_info(self.lab.run(self.src, ss, check=False).stdout)
 
     def _judge(self, fetch: Fetch, name: str) -> Fetch:
         """What the downloader logged about its source."""
@@ -221,11 +249,18 @@ class LossLab:
             assert server.stdout is not None
             if server.stdout.readline().strip() != "listening":
                 raise BenchError("the TCP server did not start")
-            done = self.lab.run(
-                self.dl, [sys.executable, "-c", TCP_CLIENT, self.src.ip, str(TCP_PORT)], timeout=self.timeout
-            )
+            client = [sys.executable, "-c", TCP_CLIENT, self.src.ip, str(TCP_PORT), str(size)]
+            started = time.perf_counter()
+            try:
+                done = self.lab.run(self.dl, client, timeout=self.timeout)
+            except (LabError, subprocess.TimeoutExpired) as err:  # a broken round, reported; the others go on
+                return Fetch("tcp", loss, time.perf_counter() - started, size, ok=False, error=str(err)[-300:])
             received, seconds = done.stdout.split()
             fetch = Fetch("tcp", loss, float(seconds), size)
+            try:
+                fetch.sender = tcp_info(server.communicate(timeout=30)[0])
+            except subprocess.TimeoutExpired:
+                pass
             if int(received) != size:
                 fetch.ok, fetch.error = False, f"stream cut short: {received} of {size} bytes"
             return fetch
@@ -243,6 +278,8 @@ def show(fetch: Fetch, label: str) -> None:
     if fetch.tool == "shoal":
         extra = f" (in the daemon {fetch.transfer_seconds:.2f} s; source dropped: "
         extra += f"{fetch.stalled_drops} stalled, {fetch.failing_drops} failing)"
+    if "busy" in fetch.sender:
+        extra += f"; sender busy {fetch.sender['busy']:.1f} s, {fetch.sender.get('retrans', 0):.0f} segments resent"
     state = "" if fetch.ok else f"  BROKEN: {fetch.error}"
     print(f"  {label:<14} {fetch.tool:<5} {fetch.seconds:7.2f} s  {fetch.mbps:6.2f} MB/s{extra}{state}", flush=True)
     for line in fetch.log_lines[-5:] if fetch.tool == "shoal" else []:
