@@ -22,8 +22,11 @@ BAN_AFTER_BAD_CHUNKS = 3
 DEAD_AFTER_FAILURES = 3
 SOURCE_STALL = 5.0  # floor of the stall timeout: a source that sends nothing this long past its usual pace is dead
 FAST_CHUNK = 0.5  # a chunk arriving quicker than this opens the source's request window by one
-SLOW_CHUNK = 1.5  # one slower than this closes it by one (down to a single request)
+SLOW_CHUNK = 1.5  # one slower than this closes it by one (down to MIN_WINDOW)
 FIRST_WINDOW = 2
+# A slow source still keeps this many requests: one on each of its link's connections (links.CHUNK_CONNECTIONS), so
+# while one TCP stream waits out a loss the other still delivers; at one request the two would only take turns.
+MIN_WINDOW = 2
 PACE_WEIGHT = 0.3  # EWMA weight of the newest rate sample
 BUSY_PAUSE = (0.1, 0.4)  # seconds a busy source is left alone (uniform)
 COOL_OFF_STALLED = 3.0  # seconds before a source dropped for stalling may be tried again
@@ -51,7 +54,7 @@ class Source:
     dead_until: float = 0.0
     busy_until: float = 0.0
     last_activity: float = 0.0
-    window: int = FIRST_WINDOW  # requests allowed in flight; grows on fast chunks, shrinks on slow ones
+    window: int = FIRST_WINDOW  # requests allowed in flight; grows on fast chunks, shrinks on slow ones (to MIN_WINDOW)
 
     @property
     def key(self) -> str:
@@ -112,7 +115,7 @@ class Source:
         if elapsed < FAST_CHUNK:
             self.window = min(self.max_window, self.window + 1)
         elif elapsed > SLOW_CHUNK:
-            self.window = max(1, self.window - 1)
+            self.window = max(MIN_WINDOW, self.window - 1)
 
     def lied(self) -> bool:
         """A bad chunk: one more strike; True when this one bans it."""
