@@ -45,7 +45,7 @@ def read_chunk_reply(raw: bytes) -> wire.ChunkReply:
 
 # Chunk requests to one peer take turns over this many TCP connections. On a lossy path one TCP stream spends most
 # of its time waiting out losses; streams wait independently, so a sole source over such a link delivers about
-# twice as fast over two (bench/loss.py: 10% loss, 8 MiB: one stream 17 s, two 7.8 s, four 5.2 s).
+# twice as fast over two (raw TCP in bench/loss.py's lab, 10% loss, 8 MiB: one stream 17 s, two 7.8 s, four 5.2 s).
 CHUNK_CONNECTIONS = 2
 
 
