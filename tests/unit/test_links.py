@@ -69,8 +69,8 @@ async def test_the_pool_reuses_and_drops_links() -> None:
         await pool.close()
 
 
-async def test_chunk_requests_take_turns_over_separate_tcp_connections() -> None:
-    """On a lossy path one TCP stream mostly waits out losses; a link spreads chunk requests over several."""
+async def test_spread_chunk_requests_take_turns_over_separate_tcp_connections() -> None:
+    """On a lossy path one TCP stream mostly waits out losses; with few sources a link spreads chunk requests."""
     callers: list[str] = []
 
     async def get_chunk(request: bytes, context: grpc.aio.ServicerContext) -> bytes:
@@ -86,8 +86,14 @@ async def test_chunk_requests_take_turns_over_separate_tcp_connections() -> None
     pool = links.LinkPool()
     try:
         link = pool.link(f"127.0.0.1:{port}")
-        for index in range(2 * links.CHUNK_CONNECTIONS):
+        for index in range(4):
             reply = await link.fetch_chunk("f" * 64, index, "me", timeout=5.0)
+            assert bytes(reply.data) == b"chunk"
+        assert len(set(callers)) == 1  # not spread: one connection, no extra opened
+        assert len(link.channels) == 1
+        callers.clear()
+        for index in range(2 * links.CHUNK_CONNECTIONS):
+            reply = await link.fetch_chunk("f" * 64, index, "me", timeout=5.0, spread=True)
             assert bytes(reply.data) == b"chunk"
         assert links.CHUNK_CONNECTIONS >= 2
         assert len(set(callers)) == links.CHUNK_CONNECTIONS

@@ -43,36 +43,44 @@ def read_chunk_reply(raw: bytes) -> wire.ChunkReply:
         raise Lied(f"malformed chunk reply: {err}") from err
 
 
-# Chunk requests to one peer take turns over this many TCP connections. On a lossy path one TCP stream spends most
-# of its time waiting out losses; streams wait independently, so a sole source over such a link delivers about
-# twice as fast over two (raw TCP in bench/loss.py's lab, 10% loss, 8 MiB: one stream 17 s, two 7.8 s, four 5.2 s).
+# A download with few sources spreads each source's chunk requests over this many TCP connections. On a lossy
+# path one TCP stream spends most of its time waiting out losses; streams wait independently, so a sole source
+# over such a link delivers about twice as fast over two (raw TCP in bench/loss.py's lab, 10% loss, 8 MiB: one
+# stream 17 s, two 7.8 s, four 5.2 s). With many sources the download already has that many streams, and an
+# extra connection per source only costs memory (leecher peak RSS +20 MB at N = 16 in bench/swarm.py).
 CHUNK_CONNECTIONS = 2
 
 
 class PeerLink:
-    """Pooled channels to another peer: one for every call, and more that chunk requests take turns on."""
+    """Pooled channels to another peer: one for every call, and (opened on first need) more that chunk requests
+    take turns on when the download asks to spread them."""
 
     def __init__(self, address: str, transport: tls.Transport | None = None) -> None:
         self.address = address
-        transport = transport if transport is not None else tls.plaintext()
+        self._transport = transport = transport if transport is not None else tls.plaintext()
         self.generation = transport.generation
         self.channel = transport.open_channel(address, tls.PEER_NAME, max_receive=net.MAX_REPLY_BYTES)
-        extra = [
-            transport.open_channel(address, tls.PEER_NAME, max_receive=net.MAX_REPLY_BYTES, own_connection=True)
-            for _ in range(CHUNK_CONNECTIONS - 1)
-        ]
-        self.channels = [self.channel, *extra]
+        self.channels = [self.channel]
         self.stub = peer_pb2_grpc.PeerStub(self.channel)
-        # No deserializer: the raw bytes come back, parsed in place by read_chunk_reply.
-        self._get_chunk = [
-            channel.unary_unary(
-                wire.GET_CHUNK,
-                request_serializer=peer_pb2.GetChunkRequest.SerializeToString,
-                response_deserializer=None,
-            )
-            for channel in self.channels
-        ]
+        self._get_chunk = [self._chunk_call(self.channel)]
         self._turn = 0
+
+    @staticmethod
+    def _chunk_call(channel: grpc.aio.Channel) -> grpc.aio.UnaryUnaryMultiCallable:
+        # No deserializer: the raw bytes come back, parsed in place by read_chunk_reply.
+        return channel.unary_unary(
+            wire.GET_CHUNK, request_serializer=peer_pb2.GetChunkRequest.SerializeToString, response_deserializer=None
+        )
+
+    def _spread_calls(self) -> list[grpc.aio.UnaryUnaryMultiCallable]:
+        """Every connection's GetChunk, opening the extra ones (own TCP connections) the first time."""
+        while len(self.channels) < CHUNK_CONNECTIONS:
+            channel = self._transport.open_channel(
+                self.address, tls.PEER_NAME, max_receive=net.MAX_REPLY_BYTES, own_connection=True
+            )
+            self.channels.append(channel)
+            self._get_chunk.append(self._chunk_call(channel))
+        return self._get_chunk
 
     async def close(self, grace: float | None) -> None:
         """Close every channel (calls in flight get `grace` seconds)."""
@@ -115,12 +123,16 @@ class PeerLink:
             raise error_for(err) from err
         return reply.file
 
-    async def fetch_chunk(self, file_id: str, index: int, peer_id: str, timeout: float) -> wire.ChunkReply:
-        """Fetch one chunk's bytes (unverified: the caller checks them), as a view into the reply."""
+    async def fetch_chunk(
+        self, file_id: str, index: int, peer_id: str, timeout: float, spread: bool = False
+    ) -> wire.ChunkReply:
+        """Fetch one chunk's bytes (unverified: the caller checks them), as a view into the reply; with `spread`,
+        requests take turns over CHUNK_CONNECTIONS connections."""
         request = peer_pb2.GetChunkRequest(file_id=file_id, index=index, peer_id=peer_id)
-        self._turn = (self._turn + 1) % len(self._get_chunk)
+        calls = self._spread_calls() if spread else self._get_chunk[:1]
+        self._turn = (self._turn + 1) % len(calls)
         try:
-            raw: bytes = await self._get_chunk[self._turn](request, timeout=timeout)
+            raw: bytes = await calls[self._turn](request, timeout=timeout)
         except grpc.aio.AioRpcError as err:
             raise error_for(err) from err
         return read_chunk_reply(raw)
