@@ -151,6 +151,11 @@ bench-origin: venv system-deps
 bench-swarm: venv system-deps
 	$(PY) -m bench.swarm $(BENCH_ARGS)
 
+# Benchmark 10% packet loss on the only source's link: shoal get vs one plain TCP stream (root; BENCH_ARGS="--runs 5").
+.PHONY: bench-loss
+bench-loss: venv system-deps
+	$(PY) -m bench.loss $(BENCH_ARGS)
+
 # Measure the ceiling of Python gRPC on loopback (1 MiB messages, no disk, no hashing).
 .PHONY: bench-grpc
 bench-grpc: venv

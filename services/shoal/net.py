@@ -79,11 +79,15 @@ def open_channel(
     *,
     credentials: grpc.ChannelCredentials | None = None,
     server_name: str | None = None,
+    own_connection: bool = False,
 ) -> grpc.aio.Channel:
     """Open a channel with Shoal's limits and keepalive: TLS with credentials (shoal.tls makes them), else plaintext.
 
-    server_name: the name the server's certificate must carry, instead of the host dialled."""
+    server_name: the name the server's certificate must carry, instead of the host dialled.
+    own_connection: its own TCP connection, never shared with another channel to the same address."""
     options = [(k, max_receive if k == "grpc.max_receive_message_length" else v) for k, v in CHANNEL_OPTIONS]
+    if own_connection:
+        options.append(("grpc.use_local_subchannel_pool", 1))
     if credentials is None:
         return grpc.aio.insecure_channel(address, options=options)
     if server_name:

@@ -152,12 +152,15 @@ class Transport:
         return self.generation
 
     def open_channel(
-        self, address: str, server_name: str, max_receive: int = net.MAX_MESSAGE_BYTES
+        self, address: str, server_name: str, max_receive: int = net.MAX_MESSAGE_BYTES, *, own_connection: bool = False
     ) -> grpc.aio.Channel:
         """A channel to `address` presenting our certificate and expecting one issued for `server_name`."""
         self.current()
         name = server_name if self.secure else None
-        return net.open_channel(address, max_receive, credentials=self._channel_credentials, server_name=name)
+        credentials = self._channel_credentials
+        return net.open_channel(
+            address, max_receive, credentials=credentials, server_name=name, own_connection=own_connection
+        )
 
 
 def proven_ips(context: grpc.aio.ServicerContext) -> frozenset[str]:

@@ -67,3 +67,37 @@ async def test_the_pool_reuses_and_drops_links() -> None:
         await pool.drop("never-seen:1")
     finally:
         await pool.close()
+
+
+async def test_spread_chunk_requests_take_turns_over_separate_tcp_connections() -> None:
+    """On a lossy path one TCP stream mostly waits out losses; with few sources a link spreads chunk requests."""
+    callers: list[str] = []
+
+    async def get_chunk(request: bytes, context: grpc.aio.ServicerContext) -> bytes:
+        callers.append(context.peer())  # "ipv4:127.0.0.1:PORT": one client port per TCP connection
+        return wire.encode(wire.ChunkReply(data=b"chunk"))
+
+    handler = grpc.method_handlers_generic_handler(
+        wire.SERVICE, {"GetChunk": grpc.unary_unary_rpc_method_handler(get_chunk)}
+    )
+    server = grpc.aio.server(handlers=[handler])
+    port = server.add_insecure_port("127.0.0.1:0")
+    await server.start()
+    pool = links.LinkPool()
+    try:
+        link = pool.link(f"127.0.0.1:{port}")
+        for index in range(4):
+            reply = await link.fetch_chunk("f" * 64, index, "me", timeout=5.0)
+            assert bytes(reply.data) == b"chunk"
+        assert len(set(callers)) == 1  # not spread: one connection, no extra opened
+        assert len(link.channels) == 1
+        callers.clear()
+        for index in range(2 * links.CHUNK_CONNECTIONS):
+            reply = await link.fetch_chunk("f" * 64, index, "me", timeout=5.0, spread=True)
+            assert bytes(reply.data) == b"chunk"
+        assert links.CHUNK_CONNECTIONS >= 2
+        assert len(set(callers)) == links.CHUNK_CONNECTIONS
+        assert len(callers) == 2 * links.CHUNK_CONNECTIONS
+    finally:
+        await pool.close()
+        await server.stop(None)

@@ -45,9 +45,30 @@ def test_window_opens_on_fast_chunks_and_closes_on_slow_ones_within_bounds() -> 
     assert s.window == 3
     for _ in range(5):
         s.delivered(MIB, sources.SLOW_CHUNK * 2)
-    assert s.window == 1
+    assert s.window == 1  # many sources: a slow one keeps a single request
     s.delivered(MIB, (sources.FAST_CHUNK + sources.SLOW_CHUNK) / 2)  # in between: unchanged
     assert s.window == 1
+
+
+def test_few_sources_spread_and_keep_a_request_per_connection() -> None:
+    clock = FakeClock()
+    pool = sources.Sources(
+        common_pb2.PeerInfo(peer_id="me", address="10.0.0.9:1"), max_peers=8, max_window=4, clock=clock
+    )
+    pool.offer([common_pb2.PeerInfo(peer_id="a", address="10.0.0.1:1")])
+    pool.admit()
+    assert pool.spread()  # a sole source: requests spread over its link's connections
+    (only,) = pool.usable()
+    for _ in range(5):
+        only.delivered(MIB, sources.SLOW_CHUNK * 2)
+    # Never below two: a sole source over a lossy link keeps a request on each of the link's TCP connections.
+    assert only.window == sources.SPREAD_WINDOW == 2
+    pool.offer([common_pb2.PeerInfo(peer_id=p, address=f"10.0.0.{n}:1") for n, p in enumerate("bcd", start=2)])
+    pool.admit()
+    assert not pool.spread()  # four sources: one connection each, and a slow one closes down to one request
+    for _ in range(5):
+        only.delivered(MIB, sources.SLOW_CHUNK * 2)
+    assert only.window == 1
 
 
 def test_room_never_exceeds_requests_per_peer() -> None:

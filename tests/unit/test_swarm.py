@@ -53,7 +53,9 @@ class FakePeer:
             raise Lied("manifest does not match the id")
         return MANIFEST
 
-    async def fetch_chunk(self, file_id: str, index: int, peer_id: str, timeout: float) -> ChunkReply:
+    async def fetch_chunk(
+        self, file_id: str, index: int, peer_id: str, timeout: float, spread: bool = False
+    ) -> ChunkReply:
         assert file_id == FILE_ID and timeout > 0
         self.asked.append(index)
         if self.mode == "dead":

@@ -43,19 +43,48 @@ def read_chunk_reply(raw: bytes) -> wire.ChunkReply:
         raise Lied(f"malformed chunk reply: {err}") from err
 
 
+# A download with few sources spreads each source's chunk requests over this many TCP connections. On a lossy
+# path one TCP stream spends most of its time waiting out losses; streams wait independently, so a sole source
+# over such a link delivers about twice as fast over two (raw TCP in bench/loss.py's lab, 10% loss, 8 MiB: one
+# stream 17 s, two 7.8 s, four 5.2 s). With many sources the download already has that many streams, and an
+# extra connection per source only costs memory (leecher peak RSS +20 MB at N = 16 in bench/swarm.py).
+CHUNK_CONNECTIONS = 2
+
+
 class PeerLink:
-    """One pooled channel to another peer."""
+    """Pooled channels to another peer: one for every call, and (opened on first need) more that chunk requests
+    take turns on when the download asks to spread them."""
 
     def __init__(self, address: str, transport: tls.Transport | None = None) -> None:
         self.address = address
-        transport = transport if transport is not None else tls.plaintext()
+        self._transport = transport = transport if transport is not None else tls.plaintext()
         self.generation = transport.generation
         self.channel = transport.open_channel(address, tls.PEER_NAME, max_receive=net.MAX_REPLY_BYTES)
+        self.channels = [self.channel]
         self.stub = peer_pb2_grpc.PeerStub(self.channel)
+        self._get_chunk = [self._chunk_call(self.channel)]
+        self._turn = 0
+
+    @staticmethod
+    def _chunk_call(channel: grpc.aio.Channel) -> grpc.aio.UnaryUnaryMultiCallable:
         # No deserializer: the raw bytes come back, parsed in place by read_chunk_reply.
-        self._get_chunk = self.channel.unary_unary(
+        return channel.unary_unary(
             wire.GET_CHUNK, request_serializer=peer_pb2.GetChunkRequest.SerializeToString, response_deserializer=None
         )
+
+    def _spread_calls(self) -> list[grpc.aio.UnaryUnaryMultiCallable]:
+        """Every connection's GetChunk, opening the extra ones (own TCP connections) the first time."""
+        while len(self.channels) < CHUNK_CONNECTIONS:
+            channel = self._transport.open_channel(
+                self.address, tls.PEER_NAME, max_receive=net.MAX_REPLY_BYTES, own_connection=True
+            )
+            self.channels.append(channel)
+            self._get_chunk.append(self._chunk_call(channel))
+        return self._get_chunk
+
+    async def close(self, grace: float | None) -> None:
+        """Close every channel (calls in flight get `grace` seconds)."""
+        await asyncio.gather(*(channel.close(grace) for channel in self.channels))
 
     async def fetch_manifest(self, file_id: str) -> common_pb2.Manifest:
         """Fetch a manifest and check it against the id (raises Lied if it does not match)."""
@@ -94,11 +123,16 @@ class PeerLink:
             raise error_for(err) from err
         return reply.file
 
-    async def fetch_chunk(self, file_id: str, index: int, peer_id: str, timeout: float) -> wire.ChunkReply:
-        """Fetch one chunk's bytes (unverified: the caller checks them), as a view into the reply."""
+    async def fetch_chunk(
+        self, file_id: str, index: int, peer_id: str, timeout: float, spread: bool = False
+    ) -> wire.ChunkReply:
+        """Fetch one chunk's bytes (unverified: the caller checks them), as a view into the reply; with `spread`,
+        requests take turns over CHUNK_CONNECTIONS connections."""
         request = peer_pb2.GetChunkRequest(file_id=file_id, index=index, peer_id=peer_id)
+        calls = self._spread_calls() if spread else self._get_chunk[:1]
+        self._turn = (self._turn + 1) % len(calls)
         try:
-            raw: bytes = await self._get_chunk(request, timeout=timeout)
+            raw: bytes = await calls[self._turn](request, timeout=timeout)
         except grpc.aio.AioRpcError as err:
             raise error_for(err) from err
         return read_chunk_reply(raw)
@@ -136,7 +170,7 @@ class LinkPool:
         return link
 
     def _retire(self, link: PeerLink) -> None:
-        task = asyncio.get_running_loop().create_task(link.channel.close(net.CHUNK_DEADLINE))
+        task = asyncio.get_running_loop().create_task(link.close(net.CHUNK_DEADLINE))
         self._closing.add(task)
         task.add_done_callback(self._closing.discard)
 
@@ -144,12 +178,12 @@ class LinkPool:
         """Close the channel to a peer found dead, so the next use reconnects afresh."""
         link = self._links.pop(address, None)
         if link is not None:
-            await link.channel.close(None)
+            await link.close(None)
 
     async def close(self) -> None:
         """Close every channel."""
         for link in self._links.values():
-            await link.channel.close(None)
+            await link.close(None)
         self._links.clear()
         for task in list(self._closing):
             task.cancel()

@@ -22,8 +22,10 @@ class Link(Protocol):
         """The manifest, checked against the id (Lied if it does not match)."""
         ...
 
-    async def fetch_chunk(self, file_id: str, index: int, peer_id: str, timeout: float) -> ChunkReply:
-        """One chunk's bytes, unverified."""
+    async def fetch_chunk(
+        self, file_id: str, index: int, peer_id: str, timeout: float, spread: bool = False
+    ) -> ChunkReply:
+        """One chunk's bytes, unverified; `spread`: over several connections (a download with few sources)."""
         ...
 
     async def exchange_with(

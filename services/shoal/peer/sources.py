@@ -22,8 +22,14 @@ BAN_AFTER_BAD_CHUNKS = 3
 DEAD_AFTER_FAILURES = 3
 SOURCE_STALL = 5.0  # floor of the stall timeout: a source that sends nothing this long past its usual pace is dead
 FAST_CHUNK = 0.5  # a chunk arriving quicker than this opens the source's request window by one
-SLOW_CHUNK = 1.5  # one slower than this closes it by one (down to a single request)
+SLOW_CHUNK = 1.5  # one slower than this closes it by one (down to the source's floor)
 FIRST_WINDOW = 2
+# In a download with at most FEW_SOURCES usable sources, requests to each are spread over its link's connections
+# (links.CHUNK_CONNECTIONS) and a slow source still keeps SPREAD_WINDOW of them, one per connection, so while one
+# TCP stream waits out a loss the other still delivers (at one request the two would only take turns). Otherwise
+# a slow source's window closes down to one request.
+FEW_SOURCES = 2
+SPREAD_WINDOW = 2
 PACE_WEIGHT = 0.3  # EWMA weight of the newest rate sample
 BUSY_PAUSE = (0.1, 0.4)  # seconds a busy source is left alone (uniform)
 COOL_OFF_STALLED = 3.0  # seconds before a source dropped for stalling may be tried again
@@ -51,7 +57,8 @@ class Source:
     dead_until: float = 0.0
     busy_until: float = 0.0
     last_activity: float = 0.0
-    window: int = FIRST_WINDOW  # requests allowed in flight; grows on fast chunks, shrinks on slow ones
+    window: int = FIRST_WINDOW  # requests allowed in flight; grows on fast chunks, shrinks on slow ones (to floor)
+    floor: int = 1  # SPREAD_WINDOW while its download has few sources (Sources.spread)
 
     @property
     def key(self) -> str:
@@ -112,7 +119,7 @@ class Source:
         if elapsed < FAST_CHUNK:
             self.window = min(self.max_window, self.window + 1)
         elif elapsed > SLOW_CHUNK:
-            self.window = max(1, self.window - 1)
+            self.window = max(self.floor, self.window - 1)
 
     def lied(self) -> bool:
         """A bad chunk: one more strike; True when this one bans it."""
@@ -233,6 +240,15 @@ class Sources:
         """Forget a source entirely (retired: it may come back as a candidate)."""
         if self.admitted.get(source.key) is source:
             del self.admitted[source.key]
+
+    def spread(self) -> bool:
+        """Few usable sources: spread requests over several connections per source, and keep a wider floor."""
+        usable = self.usable()
+        few = len(usable) <= FEW_SOURCES
+        for source in usable:
+            source.floor = min(SPREAD_WINDOW, self._max_window) if few else 1
+            source.window = max(source.window, source.floor)
+        return few
 
     def by_preference(self) -> list[Source]:
         """Usable sources in the order requests go out: same zone first, then fastest first."""

@@ -77,6 +77,7 @@ class Download(SourceSessions):
         self._chunk_size = 1
         self._failure: BaseException | None = None
         self._verifying = 0  # chunks received and being verified and written
+        self._spread = False  # few sources: chunk requests spread over several connections per source (links.py)
         self._writing: set[int] = set()  # indices whose bytes a fetch is verifying and writing right now
         self._serving = False  # a chunk of ours verified: the trackers have been asked to list us
         self._side_tasks: set[asyncio.Task[None]] = set()
@@ -206,6 +207,7 @@ class Download(SourceSessions):
         entry = self.entry
         assert picker is not None and entry is not None
         stats = self.node.stats
+        self._spread = self._sources.spread()
         for source in self._sources.by_preference():
             session = self._sessions.get(source.key)
             if source.busy or session is None:
@@ -253,7 +255,9 @@ class Download(SourceSessions):
         try:
             await node.download_bucket.take(length)
             started = self._clock()
-            reply = await link.fetch_chunk(self.file_id, index, node.peer_id, source.deadline(length))
+            reply = await link.fetch_chunk(
+                self.file_id, index, node.peer_id, source.deadline(length), spread=self._spread
+            )
             elapsed = max(self._clock() - started, 1e-6)
             if self._verifying < MAX_VERIFYING:
                 # Free the request slot now: the next request goes out while this chunk is checked.
