@@ -16,6 +16,7 @@ from shoal.settings import (
     address,
     addresses,
     at_least,
+    boolean,
     bracketed,
     choice,
     chunk_size,
@@ -85,6 +86,11 @@ ANNOUNCE_INTERVAL = Setting(
 PEER_TTL = Setting(
     "peer_ttl", "--peer-ttl", "forget a peer this long after its last announce", env="PEER_TTL",
     parse=units.parse_duration, check=positive, metavar="SECONDS", shown_default=f"{DEFAULT_TTL_INTERVALS} intervals",
+)  # fmt: skip
+REQUIRE_PEER_SECRETS = Setting(
+    "require_secrets", "--require-peer-secrets",
+    "refuse peers that do not prove their id with a secret (older builds); set once all are upgraded",
+    env="REQUIRE_PEER_SECRETS", default=False, parse=boolean, switch=True, metavar="", shown_default="off",
 )  # fmt: skip
 
 PEER_LISTEN = Setting(
@@ -190,7 +196,9 @@ S3_ENDPOINT = Setting(
 GLOBAL = (PEER, LOG_LEVEL, LOG_FORMAT)
 # What each command reads; a variable is parsed only by a command that reads it.
 COMMANDS: dict[str, tuple[Setting, ...]] = {
-    "tracker": (LOG_LEVEL, LOG_FORMAT, TRACKER_LISTEN, ANNOUNCE_INTERVAL, PEER_TTL, METRICS_PORT, *TLS),
+    "tracker": (
+        LOG_LEVEL, LOG_FORMAT, TRACKER_LISTEN, ANNOUNCE_INTERVAL, PEER_TTL, METRICS_PORT, REQUIRE_PEER_SECRETS, *TLS,
+    ),
     "peer": (
         LOG_LEVEL, LOG_FORMAT, PEER_LISTEN, TRACKERS, DATA_DIR, ADVERTISE, CONTROL, ZONE, CHUNK_SIZE,
         UPLOAD_LIMIT, DOWNLOAD_LIMIT, UPLOAD_SLOTS, MAX_PEERS, REQUESTS_PER_PEER, INFLIGHT_BUDGET, METRICS_PORT,
@@ -249,6 +257,7 @@ class TrackerConfig:
     metrics_port: int | None = None
     tls: TlsFiles | None = None  # None: plaintext
     health_listen: str | None = None  # a plaintext health-only listener, for probes
+    require_secrets: bool = False  # refuse announces and sessions without accepts_secret (older peers)
 
     @property
     def ttl(self) -> float:
@@ -267,6 +276,7 @@ class TrackerConfig:
             metrics_port=values["metrics_port"],
             tls=TlsFiles.from_values(values),
             health_listen=values.get("health_listen"),
+            require_secrets=bool(values.get("require_secrets", False)),
         )
 
 

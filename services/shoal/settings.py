@@ -35,6 +35,7 @@ class Setting:
     required: bool = False
     fallback: Callable[[], Any] | None = None  # a default computed from other variables
     shown_default: str | None = None  # the default as --help writes it
+    switch: bool = False  # a flag without a value (metavar ""), meaning SWITCH_ON; its variable takes `boolean` text
 
     @property
     def env_name(self) -> str | None:
@@ -80,6 +81,21 @@ def integer(text: str) -> int:
         return int(text.strip())
     except ValueError:
         raise ValueError("not an integer") from None
+
+
+SWITCH_ON = "true"  # what a switch's flag stands for when given
+TRUE = ("1", "true", "yes", "on")
+FALSE = ("0", "false", "no", "off")
+
+
+def boolean(text: str) -> bool:
+    """true/false, yes/no, on/off or 1/0, in any case."""
+    value = text.strip().lower()
+    if value in TRUE:
+        return True
+    if value in FALSE:
+        return False
+    raise ValueError(f"choose one of {', '.join(TRUE + FALSE)}")
 
 
 def choice(options: tuple[str, ...], *, upper: bool) -> Callable[[str], str]:

@@ -63,6 +63,7 @@ def test_errors_carry_the_setting_and_name_the_source(monkeypatch: pytest.Monkey
         (config.DOWNLOAD_LIMIT, "-1"),
         (config.LOG_FORMAT, "yaml"),
         (config.DEMO_PEERS, "0"),
+        (config.REQUIRE_PEER_SECRETS, "maybe"),
     ],
 )
 def test_checks_live_with_the_setting(setting: config.Setting, text: str) -> None:
@@ -157,3 +158,19 @@ def test_tls_files_go_together() -> None:
 def test_health_listen_brackets_a_bare_ipv6_pod_ip() -> None:
     values = config.resolve(config.COMMANDS["tracker"], {"health_listen": "fd00::5:7402"})
     assert config.TrackerConfig.from_values(values).health_listen == "[fd00::5]:7402"
+
+
+def test_require_peer_secrets_is_off_unless_the_flag_or_variable_says_so(monkeypatch: pytest.MonkeyPatch) -> None:
+    def required(flags: dict[str, str | None]) -> bool:
+        return config.TrackerConfig.from_values(config.resolve(config.COMMANDS["tracker"], flags)).require_secrets
+
+    assert config.TrackerConfig().require_secrets is False
+    assert required({}) is False
+    assert required({"require_secrets": "true"}) is True  # what the bare flag stands for
+    for text, expected in (("1", True), ("YES", True), ("on", True), ("false", False), ("0", False), ("", False)):
+        monkeypatch.setenv("SHOAL_REQUIRE_PEER_SECRETS", text)
+        assert required({}) is expected, text
+    with pytest.raises(config.ConfigError) as err:
+        monkeypatch.setenv("SHOAL_REQUIRE_PEER_SECRETS", "maybe")
+        required({})
+    assert err.value.setting is config.REQUIRE_PEER_SECRETS

@@ -18,6 +18,7 @@ from shoal.tracker.registry import (
     Peer,
     Registry,
     RegistryFull,
+    SecretRequired,
 )
 
 TTL = 9.0
@@ -295,6 +296,32 @@ def test_unbound_id_stays_open_until_its_lease_lapses(reg: Registry, clock: Fake
     assert joined and secret
     with pytest.raises(NotOwner):
         reg.leave_as("peer-1")
+
+
+@pytest.mark.parametrize("required", [False, True])
+def test_a_secretless_announce_is_refused_only_when_secrets_are_required(clock: FakeClock, required: bool) -> None:
+    reg = Registry(TTL, clock=clock, require_secrets=required)
+    if not required:  # the default: an older peer joins unbound, as before the setting existed
+        assert Registry(TTL, clock=clock).require_secrets is False
+        assert reg.announce_as(peer(1), [held(A)]) == (True, "")
+        assert reg.announce_as(peer(1), [held(B)], "s" * MIN_SECRET) == (False, "")  # anyone may rewrite it
+        assert [h.peer for h in reg.holders(B)] == [peer(1)] and reg.stats().denied_total == 0
+        return
+    for secret in ("", "s" * MIN_SECRET):  # a secret without accepts_secret is still an older peer's request
+        with pytest.raises(SecretRequired):
+            reg.announce_as(peer(1), [held(A)], secret)
+    assert reg.live_peers() == [] and reg.holders(A) == []
+    assert counts(reg) == (0, 0, 0, 0) and reg.stats().denied_total == 2
+    joined, secret = reg.announce_as(peer(1), [held(A)], accepts_secret=True)  # a current peer
+    assert joined and len(secret) >= MIN_SECRET
+    with pytest.raises(SecretRequired):  # even carrying the right secret, an older build cannot renew it
+        reg.announce_as(peer(1), [held(B)], secret)
+    with pytest.raises(NotOwner):  # Leave is unchanged: the identity rule alone decides
+        reg.leave_as("peer-1", "")
+    assert [h.peer for h in reg.holders(A)] == [peer(1)] and reg.holders(B) == []
+    assert reg.stats().denied_total == 4
+    assert reg.announce_as(peer(1), [held(B)], secret, accepts_secret=True) == (False, secret)
+    assert reg.leave_as("peer-1", secret) is True
 
 
 def test_a_new_lease_keeps_the_secret_the_peer_brings(clock: FakeClock) -> None:

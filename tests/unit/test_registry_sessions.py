@@ -16,6 +16,7 @@ from shoal.tracker.registry import (
     Peer,
     Registry,
     RegistryFull,
+    SecretRequired,
     SessionLost,
 )
 
@@ -145,6 +146,26 @@ def test_an_unbound_session_stays_unbound(reg: Registry) -> None:
     opened = reg.open_session(peer(1), [held(A)])
     assert opened.secret == ""
     assert reg.open_session(peer(1), [held(A)], "anything").secret == ""
+
+
+@pytest.mark.parametrize("required", [False, True])
+def test_a_secretless_session_is_refused_only_when_secrets_are_required(clock: FakeClock, required: bool) -> None:
+    reg = Registry(TTL, clock=clock, require_secrets=required)
+    if not required:
+        assert reg.open_session(peer(1), [held(A)], SECRET).secret == ""  # an older peer: unbound, as before
+        assert reg.sessions == 1 and holders(reg, A) == ["peer-1"]
+        audit(reg)
+        return
+    with pytest.raises(SecretRequired):
+        reg.open_session(peer(1), [held(A)], SECRET)
+    assert reg.sessions == 0 and holders(reg, A) == [] and reg.stats().denied_total == 1
+    opened = reg.open_session(peer(1), [held(A)], SECRET, accepts_secret=True)
+    assert opened.joined and opened.secret == SECRET
+    assert reg.update_session("peer-1", opened.session, [held(B)]) == 0  # later updates need no secret
+    with pytest.raises(SecretRequired):  # an older build cannot take the lease over, even with the secret
+        reg.open_session(peer(1), [], SECRET)
+    assert holders(reg, B) == ["peer-1"] and reg.stats().denied_total == 2
+    audit(reg)
 
 
 def test_caps_leave_files_out_of_opens_and_updates(clock: FakeClock) -> None:

@@ -8,6 +8,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from shoal import config
+from shoal.settings import SWITCH_ON
 
 logger = logging.getLogger(__name__)
 
@@ -98,9 +99,15 @@ def help_text(setting: config.Setting) -> str:
 
 def add_setting(parser: argparse.ArgumentParser, setting: config.Setting, *, default: Any = None) -> None:
     """One flag for one setting; its text is parsed later by config, so --help never depends on the environment."""
-    action = parser.add_argument(
-        setting.flag, dest=setting.dest, default=default, metavar=setting.metavar, help=help_text(setting)
-    )
+    if setting.switch:  # given without a value: stands for "true", parsed like the variable's text
+        action = parser.add_argument(
+            setting.flag, dest=setting.dest, action="store_const", const=SWITCH_ON, default=default,
+            help=help_text(setting),
+        )  # fmt: skip
+    else:
+        action = parser.add_argument(
+            setting.flag, dest=setting.dest, default=default, metavar=setting.metavar, help=help_text(setting)
+        )
     if setting.dest in PATH_SETTINGS:
         action.complete = PATH_SETTINGS[setting.dest]  # type: ignore[attr-defined]
 

@@ -9,7 +9,7 @@ from collections.abc import Callable, Sequence
 import grpc
 
 from shoal import content, net
-from shoal.tracker.registry import AddressTaken, Holding, NotOwner, Peer, RegistryError, RegistryFull
+from shoal.tracker.registry import AddressTaken, Holding, NotOwner, Peer, RegistryError, RegistryFull, SecretRequired
 from shoal.v1 import common_pb2, tracker_pb2
 
 logger = logging.getLogger(__name__)
@@ -26,6 +26,7 @@ MAX_FILES_PER_ANNOUNCE = 10_000
 MAX_REQUEST_BYTES = 4 * 1024 * 1024
 SHOWN = 64  # characters of an attacker's string kept in replies and logs
 REFUSAL_LOGS_PER_SECOND = 20
+SECRET_REQUIRED = "this tracker requires peers that prove their id with a secret; upgrade the peer"
 
 
 def shown(text: str) -> str:
@@ -130,6 +131,8 @@ def refusal(err: RegistryError, peer: Peer, max_peers: int) -> tuple[grpc.Status
     if isinstance(err, NotOwner):
         detail = f"peer id {shown(peer.peer_id)} is bound to a secret this request does not carry"
         return grpc.StatusCode.PERMISSION_DENIED, detail
+    if isinstance(err, SecretRequired):
+        return grpc.StatusCode.PERMISSION_DENIED, f"{SECRET_REQUIRED} (peer id {shown(peer.peer_id)})"
     if isinstance(err, AddressTaken):
         return grpc.StatusCode.ALREADY_EXISTS, f"address {shown(peer.address)} is held by another live peer"
     if isinstance(err, RegistryFull):

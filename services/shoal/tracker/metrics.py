@@ -18,8 +18,10 @@ logger = logging.getLogger(__name__)
 class WatchedRegistry(Registry):
     """A Registry that remembers when it started, on the clock it was given."""
 
-    def __init__(self, ttl: float, clock: Callable[[], float] = time.monotonic) -> None:
-        super().__init__(ttl, clock)
+    def __init__(
+        self, ttl: float, clock: Callable[[], float] = time.monotonic, *, require_secrets: bool = False
+    ) -> None:
+        super().__init__(ttl, clock, require_secrets=require_secrets)
         self._watch_clock = clock
         self._started_at = clock()
 

@@ -19,6 +19,10 @@ class NotOwner(RegistryError):
     """The request cannot prove the peer id it names (the id is bound to a secret it does not carry)."""
 
 
+class SecretRequired(RegistryError):
+    """The registry requires secrets (require_secrets) and the request does not accept one: an older peer."""
+
+
 class AddressTaken(RegistryError):
     """Another live peer holds the address."""
 
@@ -78,7 +82,7 @@ class Stats:
     max_holdings: int = 0
     refused_peers_total: int = 0  # announces of new peers refused because the registry was full
     refused_holdings_total: int = 0  # announced files left out because a file or holding cap was reached
-    denied_total: int = 0  # announces and leaves refused: unproven id or an address another live peer holds
+    denied_total: int = 0  # announces and leaves refused: unproven id, no secret where required, or a taken address
     sessions: int = 0  # leases held by a live Session stream rather than by announces
     session_updates_total: int = 0  # updates applied after a session's first
 

@@ -23,6 +23,7 @@ from shoal.tracker.model import (
     RegistryError,
     RegistryFull,
     SearchHit,
+    SecretRequired,
     SessionLost,
     Stats,
 )
@@ -55,6 +56,7 @@ __all__ = [
     "RegistryError",
     "RegistryFull",
     "SearchHit",
+    "SecretRequired",
     "SessionLost",
     "Stats",
     "clamp_limit",
@@ -86,7 +88,9 @@ class Registry(Queries):
     as before secrets existed, so older peers keep working during a rolling upgrade. Once the lease lapses the id
     is free again: the next announce starts a new lease (this is also all a restarted replica sees, so it never
     fails a peer). Each replica keeps its own bindings; nothing is shared between replicas. A session's later
-    updates need no secret: the stream itself proves it is the one that opened the lease.
+    updates need no secret: the stream itself proves it is the one that opened the lease. With require_secrets
+    (set once every peer is upgraded) an announce or session that does not set accepts_secret is refused
+    (SecretRequired) before anything else is looked at, so no lease is ever unbound; leaves are unchanged.
     Address rule: an address held by a live peer is never taken by another id (AddressTaken).
 
     Name rule (FileIndex): a file's name and size are those most of its current holders report; on a tie, those
@@ -96,12 +100,20 @@ class Registry(Queries):
     beyond max_holdings are left out of the announce or update that brings them, which is otherwise applied.
     """
 
-    def __init__(self, ttl: float, clock: Callable[[], float] = time.monotonic, limits: Limits | None = None) -> None:
+    def __init__(
+        self,
+        ttl: float,
+        clock: Callable[[], float] = time.monotonic,
+        limits: Limits | None = None,
+        *,
+        require_secrets: bool = False,
+    ) -> None:
         if ttl <= 0:
             raise ValueError(f"ttl must be positive, got {ttl}")
         self._ttl = ttl
         self._clock = clock
         self.limits = limits if limits is not None else Limits()
+        self.require_secrets = require_secrets  # refuse announces and sessions that do not accept a secret
         self._leases: dict[str, Lease] = {}  # every lease, timed or held by a session
         self._timed: OrderedDict[str, Lease] = OrderedDict()  # leases kept by announces, oldest renewal first
         self._by_address: dict[str, str] = {}
@@ -130,7 +142,8 @@ class Registry(Queries):
     def announce_as(
         self, peer: Peer, holdings: Iterable[Holding], secret: str = "", accepts_secret: bool = False
     ) -> Announced:
-        """Announce after checking the identity rule (see the class docstring); raise NotOwner if unproven."""
+        """Announce after checking the identity rule (see the class docstring); raise NotOwner if unproven,
+        SecretRequired if the registry requires secrets and the request does not accept one."""
         joined, secret, _ = self._announce_as(peer, holdings, secret, accepts_secret)
         return Announced(joined, secret)
 
@@ -249,7 +262,10 @@ class Registry(Queries):
     def _announce_as(
         self, peer: Peer, holdings: Iterable[Holding], secret: str, accepts_secret: bool
     ) -> tuple[bool, str, int]:
-        """(joined, bound secret, files left out) after the identity rule; raise NotOwner if unproven."""
+        """(joined, bound secret, files left out) after the identity rule; raise NotOwner or SecretRequired."""
+        if self.require_secrets and not accepts_secret:
+            self._denied += 1
+            raise SecretRequired(peer.peer_id)
         lease = self._live_lease(peer.peer_id)
         if lease is not None and lease.secret and not _same(secret, lease.secret):
             self._denied += 1

@@ -219,9 +219,10 @@ async def start_tracker(
 ) -> RunningTracker:
     """Bind cfg.listen (port 0 picks a free port), start serving and report SERVING.
 
-    limits (None: the registry's own, by default Limits()) caps the peers, files and holdings it keeps."""
+    limits (None: the registry's own, by default Limits()) caps the peers, files and holdings it keeps; a registry
+    given keeps its own require_secrets (else cfg.require_secrets applies)."""
     host, _ = net.split_host_port(cfg.listen)
-    registry = registry if registry is not None else WatchedRegistry(cfg.ttl)
+    registry = registry if registry is not None else WatchedRegistry(cfg.ttl, require_secrets=cfg.require_secrets)
     if limits is not None:
         registry.limits = limits
     metrics = ProcessMetrics(cfg.metrics_port) if cfg.metrics_port is not None else None
@@ -262,6 +263,8 @@ async def start_tracker(
         MAX_FILES_PER_ANNOUNCE,
         MAX_REQUEST_BYTES,
     )
+    if registry.require_secrets:
+        logger.info("tracker requires peer secrets: announces and sessions without accepts_secret are refused")
     return RunningTracker(port, registry, server, health, sweeper, metrics, health_server)
 
 
