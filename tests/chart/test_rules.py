@@ -21,6 +21,7 @@ SCHEMA = Path(__file__).parent / "schemas" / "prometheusrule.json"
 RULES_FILE = CHART / "rules" / "shoal.rules.yaml"
 ALERTS = {
     "ShoalTrackerReplicaDown",
+    "ShoalTrackerAtCapacity",
     "ShoalNoLivePeers",
     "ShoalPeerDown",
     "ShoalDownloadsFailing",
@@ -151,6 +152,26 @@ CASES: list[dict[str, Any]] = [
         "checks": [
             ("2m", "ShoalPeersBanningSources", []),
             ("5m", "ShoalPeersBanningSources", [_labels(pod="shoal-peer-2")]),
+        ],
+    },
+    {
+        "name": "a tracker replica refuses new peers at its cap",
+        "series": [
+            _series(
+                "shoal_tracker_refusals_total", {**_tracker("shoal-tracker-1"), "reason": "peers_full"}, "0 0 0 5 9 9 9"
+            ),
+            _series("shoal_tracker_refusals_total", {**_tracker("shoal-tracker-0"), "reason": "peers_full"}, "0x7"),
+            # Identity refusals are an attack or a straggler, not a cap: no capacity alert.
+            _series("shoal_tracker_refusals_total", {**_tracker("shoal-tracker-0"), "reason": "identity"}, "0 3 6 9"),
+            _series(
+                "shoal_tracker_refusals_total",
+                {**_tracker("other-tracker-0", "other"), "reason": "peers_full"},
+                "0 0 0 5 9 9 9",
+            ),
+        ],
+        "checks": [
+            ("2m", "ShoalTrackerAtCapacity", []),
+            ("4m", "ShoalTrackerAtCapacity", [_labels(pod="shoal-tracker-1", reason="peers_full")]),
         ],
     },
     {

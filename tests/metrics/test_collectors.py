@@ -20,6 +20,7 @@ from shoal.quota import Quota
 from shoal.ratelimit import TokenBucket
 from shoal.store import Store
 from shoal.tracker.metrics import TrackerCollector, WatchedRegistry, watch_tracker
+from shoal.tracker.model import Limits, NotOwner, RegistryFull
 from shoal.tracker.registry import Holding, Peer
 
 FILE_ID = "ab" * 32
@@ -136,6 +137,25 @@ async def test_tracker_collector_and_view_age() -> None:
     tracker.expire()
     assert registry.get_sample_value("shoal_tracker_lease_expiries_total") == 2
     assert registry.get_sample_value("shoal_tracker_live_peers") == 0
+
+
+async def test_tracker_caps_and_refusals_are_metrics() -> None:
+    tracker = WatchedRegistry(ttl=5.0, clock=Clock(100.0), limits=Limits(max_peers=1, max_files=1, max_holdings=10))
+    registry = CollectorRegistry()
+    registry.register(TrackerCollector(tracker, asyncio.get_running_loop()))
+    assert registry.get_sample_value("shoal_tracker_limit", {"kind": "peers"}) == 1
+    assert registry.get_sample_value("shoal_tracker_limit", {"kind": "holdings"}) == 10
+    other = "b" * 64
+    holdings = [Holding(FILE_ID, "a.iso", 1, True), Holding(other, "b", 1, True)]
+    tracker.announce_as(Peer("p1", "10.0.0.1:7401"), holdings, accepts_secret=True)
+    with pytest.raises(RegistryFull):
+        tracker.announce(Peer("p2", "10.0.0.2:7401"), [])
+    with pytest.raises(NotOwner):
+        tracker.leave_as("p1", "not the secret")
+    assert registry.get_sample_value("shoal_tracker_holdings") == 1
+    assert registry.get_sample_value("shoal_tracker_refusals_total", {"reason": "peers_full"}) == 1
+    assert registry.get_sample_value("shoal_tracker_refusals_total", {"reason": "files_full"}) == 1
+    assert registry.get_sample_value("shoal_tracker_refusals_total", {"reason": "identity"}) == 1
 
 
 async def test_on_loop_runs_on_the_loop_from_another_thread() -> None:

@@ -7,9 +7,10 @@ import logging
 import time
 from collections.abc import Callable, Iterable, Iterator
 
-from prometheus_client.metrics_core import Metric
+from prometheus_client.metrics_core import CounterMetricFamily, GaugeMetricFamily, Metric
 
 from shoal.exporter import ProcessMetrics, counter, gauge, on_loop
+from shoal.tracker.model import Limits
 from shoal.tracker.registry import Registry
 
 logger = logging.getLogger(__name__)
@@ -19,9 +20,14 @@ class WatchedRegistry(Registry):
     """A Registry that remembers when it started, on the clock it was given."""
 
     def __init__(
-        self, ttl: float, clock: Callable[[], float] = time.monotonic, *, require_secrets: bool = False
+        self,
+        ttl: float,
+        clock: Callable[[], float] = time.monotonic,
+        *,
+        limits: Limits | None = None,
+        require_secrets: bool = False,
     ) -> None:
-        super().__init__(ttl, clock, require_secrets=require_secrets)
+        super().__init__(ttl, clock, limits, require_secrets=require_secrets)
         self._watch_clock = clock
         self._started_at = clock()
 
@@ -69,6 +75,26 @@ class TrackerCollector:
         yield gauge(
             "shoal_tracker_lease_ttl_seconds", "Lease length: a peer silent this long is dropped.", registry.ttl
         )
+        limit = GaugeMetricFamily(
+            "shoal_tracker_limit", "The replica's caps: peers, distinct files, (peer, file) holdings.", labels=["kind"]
+        )
+        for kind, value in (("peers", stats.max_peers), ("files", stats.max_files), ("holdings", stats.max_holdings)):
+            limit.add_metric([kind], value)
+        yield limit
+        yield gauge("shoal_tracker_holdings", "(peer, file) pairs held by live peers.", stats.holdings)
+        refusals = CounterMetricFamily(
+            "shoal_tracker_refusals",
+            "Registrations refused or trimmed: a new peer beyond the peer cap (peers_full), files left out beyond "
+            "the file or holding cap (files_full), an unproven id, a missing secret or a taken address (identity).",
+            labels=["reason"],
+        )
+        for reason, value in (
+            ("peers_full", stats.refused_peers_total),
+            ("files_full", stats.refused_holdings_total),
+            ("identity", stats.denied_total),
+        ):
+            refusals.add_metric([reason], value)
+        yield refusals
         yield gauge("shoal_tracker_uptime_seconds", "Seconds since this tracker replica started.", registry.uptime())
         yield gauge(
             "shoal_tracker_view_age_seconds",
