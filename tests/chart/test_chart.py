@@ -217,6 +217,7 @@ def test_trackers(default: list[Obj]) -> None:
     assert env(ctr)["SHOAL_LISTEN"]["value"] == "0.0.0.0:7400"
     assert env(ctr)["SHOAL_METRICS_PORT"]["value"] == "9400"
     assert {p["name"]: p["containerPort"] for p in ctr["ports"]} == {"grpc": 7400, "health": 7410, "metrics": 9400}
+    assert "SHOAL_REQUIRE_PEER_SECRETS" not in env(ctr)  # off by default: older peers still join during a rollout
     pdb = one(default, "PodDisruptionBudget", "shoal-tracker")
     assert pdb["spec"]["minAvailable"] == 1
     assert pdb["spec"]["selector"] == deployment["spec"]["selector"]
@@ -536,3 +537,8 @@ def test_skaffold() -> None:
         assert comment and name in comment.group(1), f"profile {name} has no comment saying when to use it"
         files = [op["value"] for op in profile["patches"] if op["path"].endswith("/valuesFiles")]
         assert files and all((ROOT / f).exists() for f in files[0]), name
+
+
+def test_trackers_can_require_peer_secrets_after_a_rollout() -> None:
+    deployment = one(render(sets=["tracker.requirePeerSecrets=true"]), "Deployment", "shoal-tracker")
+    assert env(container(deployment))["SHOAL_REQUIRE_PEER_SECRETS"]["value"] == "true"
