@@ -198,7 +198,7 @@ def test_empty_search_and_peers_are_not_found(trio: Trio) -> None:
 
 
 def test_get_json_streams_progress_then_the_summary(trio: Trio, tmp_path: Path) -> None:
-    file_id, digest = publish(trio, trio.slow, tmp_path / "slow.bin", 2 * MiB, "--chunk-size", "64KiB")
+    file_id, digest = publish(trio, trio.slow, tmp_path / "slow.bin", 4 * MiB, "--chunk-size", "64KiB")
     output = tmp_path / "streamed.bin"
     proc = subprocess.Popen(
         [sys.executable, "-m", "shoal", "--peer", trio.leecher.control, "--json", "get", file_id, "-o", str(output)],
@@ -213,12 +213,12 @@ def test_get_json_streams_progress_then_the_summary(trio: Trio, tmp_path: Path) 
     assert proc.returncode == 0, err
     objects = [json.loads(line) for line in [first, *rest.splitlines()]]
     progress, summary = objects[:-1], objects[-1]
-    assert len(progress) >= 3, objects
+    assert len(progress) >= 3, objects  # about 4 s at 1 MiB/s; --json asks for a line a second
     assert all(not p["done"] and "output" not in p for p in progress)
     done = [p["done_bytes"] for p in progress]
-    assert done == sorted(done) and done[-1] <= 2 * MiB
+    assert done == sorted(done) and done[-1] <= 4 * MiB
     assert summary["done"] is True and summary["output"] == str(output)
-    assert summary["file"]["file_id"] == file_id and summary["total_bytes"] == 2 * MiB
+    assert summary["file"]["file_id"] == file_id and summary["total_bytes"] == 4 * MiB
     assert summary["sources"]["peers"] == 1 and summary["seconds"] > 0.5
     assert sha256_of(output) == digest
 
