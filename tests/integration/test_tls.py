@@ -14,6 +14,7 @@ from helpers.cli import CLI_TIMEOUT, put, start_get
 from helpers.files import make_file, sha256_of
 from helpers.processes import running_swarm, start_peers
 from helpers.tls import Authority, pem
+from helpers.tls import channel_credentials as credentials
 
 from shoal import tls
 from shoal.config import TlsFiles, TrackerConfig
@@ -49,11 +50,6 @@ async def tls_tracker(ca: Authority, tmp_path: Path) -> AsyncIterator[tuple[Runn
 async def list_peers(channel: grpc.aio.Channel) -> tracker_pb2.ListPeersResponse:
     stub = tracker_pb2_grpc.TrackerStub(channel)
     return await stub.ListPeers(tracker_pb2.ListPeersRequest(), timeout=3.0)
-
-
-def credentials(files: TlsFiles) -> grpc.ChannelCredentials:
-    cert, key, ca = pem(files)
-    return grpc.ssl_channel_credentials(root_certificates=ca, private_key=key, certificate_chain=cert)
 
 
 def secure(address: str, creds: grpc.ChannelCredentials, name: str = tls.TRACKER_NAME) -> grpc.aio.Channel:
