@@ -91,11 +91,12 @@ format: venv
 typecheck: venv
 	$(PY) -m mypy --explicit-package-bases $(TYPECHECK_PATHS)
 
-# Run every check and the whole test suite, every marker included, then the fault suite again with mutual TLS (what CI runs).
+# Run every check and the whole test suite, every marker included, then the fault and integration suites again with
+# mutual TLS on every swarm (SHOAL_TEST_TLS=1; integration tests are marked `integration` by tests/conftest.py). What CI runs.
 .PHONY: test
 test: venv system-deps proto-check lint typecheck
 	$(PY) -m pytest -q $(PYTEST_ARGS)
-	SHOAL_TEST_TLS=1 $(PY) -m pytest -q -m faults $(PYTEST_ARGS) || test $$? -eq 5  # 5: PYTEST_ARGS selected no fault test
+	SHOAL_TEST_TLS=1 $(PY) -m pytest -q -m "faults or integration" $(PYTEST_ARGS) || test $$? -eq 5  # 5: PYTEST_ARGS selected none of them
 
 # Run the unit tests.
 .PHONY: test-unit

@@ -16,11 +16,24 @@ ANNOUNCE_INTERVAL = 0.5
 LOG_TAIL_LINES = 40
 
 
+INTEGRATION_DIR = Path(__file__).parent / "integration"
+
+
 def pytest_configure(config: pytest.Config) -> None:
-    """Register the marker that tunes the `swarm` fixture."""
+    """Register the marker that tunes the `swarm` fixture, and the one every integration test gets."""
     config.addinivalue_line(
         "markers", "swarm_config(announce_interval=0.5, tls=False): settings of the `swarm` fixture's processes"
     )
+    config.addinivalue_line(
+        "markers", "integration: a test under tests/integration (added at collection; make test runs them with TLS too)"
+    )
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Mark every test under tests/integration `integration`, so `-m` can select the suite whatever paths are given."""
+    for item in items:
+        if INTEGRATION_DIR in item.path.parents:
+            item.add_marker(pytest.mark.integration)
 
 
 def _swarm_tls(factory: pytest.TempPathFactory, wanted: bool) -> TlsFiles | None:

@@ -6,6 +6,10 @@ import datetime
 import ipaddress
 import logging
 import os
+import socket
+import ssl
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -21,6 +25,8 @@ from shoal.config import TlsFiles
 
 if TYPE_CHECKING:
     import pytest
+
+    from shoal.localswarm import LocalSwarm, Proc
 
 logger = logging.getLogger(__name__)
 
@@ -152,11 +158,78 @@ def swarm_files(factory: pytest.TempPathFactory, wanted: bool = False) -> TlsFil
     return Authority.create(directory).issue(directory, "swarm")
 
 
-def channel(address: str, files: TlsFiles | None, server_name: str) -> grpc.Channel:
-    """A blocking channel to a tracker or peer: mutual TLS with `files` expecting `server_name`, else plaintext."""
-    if files is None:
-        return grpc.insecure_channel(address, options=net.CHANNEL_OPTIONS)
+ChannelOptions = Sequence[tuple[str, int | str]]
+
+
+def channel_options(
+    files: TlsFiles | None, server_name: str, extra: ChannelOptions = ()
+) -> list[tuple[str, int | str]]:
+    """Shoal's channel options (shoal.net), `extra` replacing options of the same name, and the name to expect."""
+    replaced = {name for name, _ in extra}
+    options = [(name, value) for name, value in net.CHANNEL_OPTIONS if name not in replaced]
+    options += extra
+    if files is not None:
+        options.append(("grpc.ssl_target_name_override", server_name))
+    return options
+
+
+def channel_credentials(files: TlsFiles) -> grpc.ChannelCredentials:
+    """Our certificate presented, servers checked against the CA of `files`."""
     cert, key, ca = pem(files)
-    credentials = grpc.ssl_channel_credentials(root_certificates=ca, private_key=key, certificate_chain=cert)
-    options = [*net.CHANNEL_OPTIONS, ("grpc.ssl_target_name_override", server_name)]
-    return grpc.secure_channel(address, credentials, options=options)
+    return grpc.ssl_channel_credentials(root_certificates=ca, private_key=key, certificate_chain=cert)
+
+
+def channel(address: str, files: TlsFiles | None, server_name: str, options: ChannelOptions = ()) -> grpc.Channel:
+    """A blocking channel to a tracker or peer: mutual TLS with `files` expecting `server_name`, else plaintext."""
+    opts = channel_options(files, server_name, options)
+    if files is None:
+        return grpc.insecure_channel(address, options=opts)
+    return grpc.secure_channel(address, channel_credentials(files), options=opts)
+
+
+def aio_channel(
+    address: str, files: TlsFiles | None, server_name: str, options: ChannelOptions = ()
+) -> grpc.aio.Channel:
+    """channel() for asyncio code."""
+    opts = channel_options(files, server_name, options)
+    if files is None:
+        return grpc.aio.insecure_channel(address, options=opts)
+    return grpc.aio.secure_channel(address, channel_credentials(files), options=opts)
+
+
+def role_name(swarm: LocalSwarm, proc: Proc) -> str:
+    """The name a swarm member expects in `proc`'s certificate: TRACKER_NAME for its trackers, else PEER_NAME."""
+    return tls.TRACKER_NAME if any(t is proc for t in swarm.trackers) else tls.PEER_NAME
+
+
+def dial(swarm: LocalSwarm, proc: Proc, options: ChannelOptions = ()) -> grpc.Channel:
+    """A blocking channel to a tracker or peer of `swarm` as its members dial it (its TLS files, if any)."""
+    return channel(proc.address, swarm.tls, role_name(swarm, proc), options)
+
+
+def dial_aio(swarm: LocalSwarm, proc: Proc, options: ChannelOptions = ()) -> grpc.aio.Channel:
+    """dial() for asyncio code."""
+    return aio_channel(proc.address, swarm.tls, role_name(swarm, proc), options)
+
+
+@contextmanager
+def raw_connection(address: str, files: TlsFiles | None, server_name: str) -> Iterator[socket.socket]:
+    """A TCP connection for hand-written HTTP/2: inside TLS with our certificate (ALPN h2) when `files`, else bare."""
+    host, port = address.rsplit(":", 1)
+    with socket.create_connection((host, int(port))) as sock:
+        if files is None:
+            yield sock
+            return
+        context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+        context.load_verify_locations(cafile=files.ca)
+        context.load_cert_chain(files.cert, files.key)
+        context.set_alpn_protocols(["h2"])
+        with context.wrap_socket(sock, server_hostname=server_name) as wrapped:
+            yield wrapped
+
+
+def listen(server: grpc.aio.Server, files: TlsFiles | None) -> str:
+    """Bind a server the test runs on 127.0.0.1 as a swarm member listens: mutual TLS with `files`, else plaintext.
+
+    Returns its address."""
+    return f"127.0.0.1:{tls.Transport(files).bind(server, '127.0.0.1:0')}"

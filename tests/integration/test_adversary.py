@@ -15,8 +15,10 @@ from helpers.cli import shoal_async
 from helpers.files import make_file, sha256_of
 from helpers.polling import wait_until_async
 from helpers.processes import start_peers
+from helpers.tls import aio_channel, dial_aio, listen
 
-from shoal import content
+from shoal import content, tls
+from shoal.config import TlsFiles
 from shoal.localswarm import LocalSwarm, Proc
 from shoal.v1 import common_pb2, peer_pb2, peer_pb2_grpc, tracker_pb2, tracker_pb2_grpc
 
@@ -30,9 +32,11 @@ class LyingPeer(peer_pb2_grpc.PeerServicer):
     """Claims to hold one file completely; serves `manifest` for it and bad bytes for every chunk.
 
     The bytes are random with the right length, or (oversized=True) more than any chunk can be.
+    Under TLS it is an insider: it serves and announces with a certificate from the swarm's CA (`files`).
     """
 
-    def __init__(self) -> None:
+    def __init__(self, files: TlsFiles | None) -> None:
+        self.files = files
         self.oversized = False
         self.peer_id = "liar-" + os.urandom(6).hex()
         self.address = ""
@@ -81,7 +85,7 @@ class LyingPeer(peer_pb2_grpc.PeerServicer):
             peer=common_pb2.PeerInfo(peer_id=self.peer_id, address=self.address),
             files=[tracker_pb2.HeldFile(file=info, complete=True)],
         )
-        async with grpc.aio.insecure_channel(tracker) as channel:
+        async with aio_channel(tracker, self.files, tls.TRACKER_NAME) as channel:
             stub = tracker_pb2_grpc.TrackerStub(channel)
             while True:
                 with contextlib.suppress(grpc.aio.AioRpcError):
@@ -90,12 +94,12 @@ class LyingPeer(peer_pb2_grpc.PeerServicer):
 
 
 @pytest.fixture
-async def liar() -> AsyncIterator[LyingPeer]:
-    """A lying peer serving on 127.0.0.1:0; the test sets its file, then starts it announcing."""
-    servicer = LyingPeer()
+async def liar(swarm: LocalSwarm) -> AsyncIterator[LyingPeer]:
+    """A lying peer on 127.0.0.1:0 (TLS when the swarm uses it); the test sets its file, then starts it announcing."""
+    servicer = LyingPeer(swarm.tls)
     server = grpc.aio.server()
     peer_pb2_grpc.add_PeerServicer_to_server(servicer, server)
-    servicer.address = f"127.0.0.1:{server.add_insecure_port('127.0.0.1:0')}"
+    servicer.address = listen(server, swarm.tls)
     await server.start()
     try:
         yield servicer
@@ -137,7 +141,7 @@ async def test_bad_chunks_are_rejected_and_the_liar_banned(
     code, out, err = await shoal_async(seeder, "put", str(source), "--chunk-size", str(CHUNK))
     assert code == 0, err
     file_id = out.splitlines()[-1]
-    async with grpc.aio.insecure_channel(seeder.address) as channel:
+    async with dial_aio(swarm, seeder) as channel:
         reply = await peer_pb2_grpc.PeerStub(channel).GetManifest(
             peer_pb2.GetManifestRequest(file_id=file_id), timeout=10
         )

@@ -11,6 +11,7 @@ import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from helpers.cli import ok, shoal
+from helpers.tls import dial_aio
 
 from shoal.localswarm import LocalSwarm, Proc
 from shoal.v1 import (
@@ -53,13 +54,13 @@ def target(module_swarm: LocalSwarm, tmp_path_factory: pytest.TempPathFactory) -
 async def peer_stub(target: Target) -> AsyncIterator[peer_pb2_grpc.PeerStub]:
     # No client-side size limits: the server must enforce its own.
     options = [("grpc.max_send_message_length", -1), ("grpc.max_receive_message_length", -1)]
-    async with grpc.aio.insecure_channel(target.peer.address, options=options) as channel:
+    async with dial_aio(target.swarm, target.peer, options) as channel:
         yield peer_pb2_grpc.PeerStub(channel)
 
 
 @pytest.fixture
 async def tracker_stub(target: Target) -> AsyncIterator[tracker_pb2_grpc.TrackerStub]:
-    async with grpc.aio.insecure_channel(target.swarm.trackers[0].address) as channel:
+    async with dial_aio(target.swarm, target.swarm.trackers[0]) as channel:
         yield tracker_pb2_grpc.TrackerStub(channel)
 
 
@@ -115,7 +116,7 @@ async def test_peer_refuses_an_oversized_message_and_keeps_serving(
         await peer_stub.GetChunk(huge, timeout=60)
     assert info.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
     assert "Received message larger than max" in (info.value.details() or "")  # the server refused it
-    async with grpc.aio.insecure_channel(target.peer.address) as channel:
+    async with dial_aio(target.swarm, target.peer) as channel:
         health = await health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=RPC_TIMEOUT)
     assert health.status == health_pb2.HealthCheckResponse.SERVING
     manifest = await peer_stub.GetManifest(peer_pb2.GetManifestRequest(file_id=target.file_id), timeout=RPC_TIMEOUT)

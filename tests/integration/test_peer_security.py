@@ -13,6 +13,7 @@ import pytest
 from helpers.cli import ok, put, shoal
 from helpers.files import make_file, sha256_of
 from helpers.polling import wait_until
+from helpers.tls import dial, raw_connection, role_name
 
 from shoal.localswarm import LocalSwarm, Proc
 from shoal.net import PEER_STREAMS_PER_CONNECTION as MAX_STREAMS_PER_CONNECTION
@@ -24,9 +25,9 @@ SETTINGS, HEADERS, RST_STREAM = 4, 1, 3
 MAX_CONCURRENT_STREAMS, REFUSED_STREAM = 3, 7
 
 
-def call(peer: Proc, method: str, request: object) -> tuple[grpc.StatusCode, object]:
-    """One raw call to a peer's peer-facing port: (status, reply or None)."""
-    with grpc.insecure_channel(peer.address) as channel:
+def call(swarm: LocalSwarm, peer: Proc, method: str, request: object) -> tuple[grpc.StatusCode, object]:
+    """One raw call to a peer's peer-facing port (as a member of the swarm under TLS): (status, reply or None)."""
+    with dial(swarm, peer) as channel:
         stub = peer_pb2_grpc.PeerStub(channel)
         try:
             return grpc.StatusCode.OK, getattr(stub, method)(request, timeout=10)
@@ -91,25 +92,25 @@ def test_oversized_fields_are_refused_and_injected_holders_not_passed_on(swarm: 
     me = common_pb2.PeerInfo(peer_id="hostile", address="127.0.0.1:9")
 
     huge_address = common_pb2.PeerInfo(peer_id="hostile", address="h" * 10_000)
-    code, _ = call(seeder, "Exchange", peer_pb2.ExchangeRequest(file_id=file_id, peer=huge_address))
+    code, _ = call(swarm, seeder, "Exchange", peer_pb2.ExchangeRequest(file_id=file_id, peer=huge_address))
     assert code == grpc.StatusCode.INVALID_ARGUMENT
     huge_id = common_pb2.PeerInfo(peer_id="i" * 5_000, address="127.0.0.1:9")
-    code, _ = call(seeder, "Exchange", peer_pb2.ExchangeRequest(file_id=file_id, peer=huge_id))
+    code, _ = call(swarm, seeder, "Exchange", peer_pb2.ExchangeRequest(file_id=file_id, peer=huge_id))
     assert code == grpc.StatusCode.INVALID_ARGUMENT
     spam = [common_pb2.PeerInfo(peer_id=f"x{i}", address=f"10.9.{i // 250}.{i % 250}:1") for i in range(101)]
-    code, _ = call(seeder, "Exchange", peer_pb2.ExchangeRequest(file_id=file_id, peer=me, known=spam))
+    code, _ = call(swarm, seeder, "Exchange", peer_pb2.ExchangeRequest(file_id=file_id, peer=me, known=spam))
     assert code == grpc.StatusCode.RESOURCE_EXHAUSTED
-    code, _ = call(seeder, "Exchange", peer_pb2.ExchangeRequest(file_id=file_id, peer=me, bitfield=bytes(4096)))
+    code, _ = call(swarm, seeder, "Exchange", peer_pb2.ExchangeRequest(file_id=file_id, peer=me, bitfield=bytes(4096)))
     assert code == grpc.StatusCode.INVALID_ARGUMENT
-    code, _ = call(seeder, "GetChunk", peer_pb2.GetChunkRequest(file_id=file_id, index=0, peer_id="p" * 5_000))
+    code, _ = call(swarm, seeder, "GetChunk", peer_pb2.GetChunkRequest(file_id=file_id, index=0, peer_id="p" * 5_000))
     assert code == grpc.StatusCode.INVALID_ARGUMENT
 
     # Holders named by an inbound caller are not taken in, so never handed to other peers either.
     injected = [common_pb2.PeerInfo(peer_id=f"inj{i}", address=f"10.66.0.{i}:7401") for i in range(20)]
-    code, _ = call(seeder, "Exchange", peer_pb2.ExchangeRequest(file_id=file_id, peer=me, known=injected))
+    code, _ = call(swarm, seeder, "Exchange", peer_pb2.ExchangeRequest(file_id=file_id, peer=me, known=injected))
     assert code == grpc.StatusCode.OK
     other = common_pb2.PeerInfo(peer_id="other", address="127.0.0.1:10")
-    code, reply = call(seeder, "Exchange", peer_pb2.ExchangeRequest(file_id=file_id, peer=other))
+    code, reply = call(swarm, seeder, "Exchange", peer_pb2.ExchangeRequest(file_id=file_id, peer=other))
     assert code == grpc.StatusCode.OK
     assert isinstance(reply, peer_pb2.ExchangeResponse)
     assert not [p for p in reply.known if p.address.startswith("10.66.")]
@@ -129,8 +130,8 @@ def test_streams_beyond_the_cap_on_one_connection_are_refused(swarm: LocalSwarm,
     """A raw HTTP/2 client opens 300 calls on one connection and never sends a body."""
     seeder = swarm.start_peer()
     file_id = publish(swarm, seeder, tmp_path, "s.bin")
-    host, port = seeder.address.rsplit(":", 1)
-    with socket.create_connection((host, int(port))) as sock:
+    # Under TLS the client is a member with the swarm's certificate, speaking HTTP/2 inside the TLS session.
+    with raw_connection(seeder.address, swarm.tls, role_name(swarm, seeder)) as sock:
         sock.sendall(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + h2_frame(SETTINGS, 0, 0))
         first = h2_read(sock, 1.0)
         settings = {}
@@ -142,10 +143,11 @@ def test_streams_beyond_the_cap_on_one_connection_are_refused(swarm: LocalSwarm,
                 )  # fmt: skip
         assert settings.get(MAX_CONCURRENT_STREAMS) == MAX_STREAMS_PER_CONNECTION
         sock.sendall(h2_frame(SETTINGS, 1, 0))
+        scheme = "https" if swarm.tls else "http"
         block = b"".join(
             h2_literal(k, v)
             for k, v in (
-                (":method", "POST"), (":scheme", "http"), (":path", "/shoal.v1.Peer/Exchange"),
+                (":method", "POST"), (":scheme", scheme), (":path", "/shoal.v1.Peer/Exchange"),
                 (":authority", "x"), ("content-type", "application/grpc"), ("te", "trailers"),
             )
         )  # fmt: skip
@@ -172,7 +174,7 @@ def test_a_chunk_changed_on_disk_is_never_served_nor_exported(swarm: LocalSwarm,
 
     # Served: the caller gets DATA_LOSS, the file is dropped here and withdrawn from the tracker.
     corrupt(seeder, served, 3)
-    code, _ = call(seeder, "GetChunk", peer_pb2.GetChunkRequest(file_id=served, index=3, peer_id="x"))
+    code, _ = call(swarm, seeder, "GetChunk", peer_pb2.GetChunkRequest(file_id=served, index=3, peer_id="x"))
     assert code == grpc.StatusCode.DATA_LOSS
     assert served not in held(swarm, seeder)
     wait_until(lambda: shoal(swarm, leecher, "peers", served).returncode == 4, what="the file withdrawn")

@@ -5,17 +5,17 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-import grpc
 from helpers.cli import shoal, shoal_json
 from helpers.files import make_file
 from helpers.polling import wait_until
+from helpers.tls import dial
 
-from shoal.localswarm import LocalSwarm
+from shoal.localswarm import LocalSwarm, Proc
 from shoal.v1 import tracker_pb2, tracker_pb2_grpc
 
 
-def live_peer_ids(address: str) -> set[str]:
-    with grpc.insecure_channel(address) as channel:
+def live_peer_ids(swarm: LocalSwarm, tracker: Proc) -> set[str]:
+    with dial(swarm, tracker) as channel:
         reply = tracker_pb2_grpc.TrackerStub(channel).ListPeers(tracker_pb2.ListPeersRequest(), timeout=10)
     return {p.peer_id for p in reply.peers}
 
@@ -43,7 +43,7 @@ def test_peer_starts_without_its_tracker_and_joins_when_it_appears(swarm: LocalS
 
     swarm.restart(tracker)  # same port
     peer_id = status["peer"]["peer_id"]
-    wait_until(lambda: peer_id in live_peer_ids(tracker.address), timeout=10, what="a lease at the restarted tracker")
+    wait_until(lambda: peer_id in live_peer_ids(swarm, tracker), timeout=10, what="a lease at the restarted tracker")
     assert peer.alive()
     status = shoal_json(swarm, peer, "status")
     assert status["trackers_up"] == [tracker.address]

@@ -12,8 +12,9 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from helpers.cli import CLI_TIMEOUT, put, start_get
 from helpers.files import make_file, sha256_of
-from helpers.processes import start_peers
+from helpers.processes import running_swarm, start_peers
 from helpers.tls import Authority, pem
+from helpers.tls import channel_credentials as credentials
 
 from shoal import tls
 from shoal.config import TlsFiles, TrackerConfig
@@ -49,11 +50,6 @@ async def tls_tracker(ca: Authority, tmp_path: Path) -> AsyncIterator[tuple[Runn
 async def list_peers(channel: grpc.aio.Channel) -> tracker_pb2.ListPeersResponse:
     stub = tracker_pb2_grpc.TrackerStub(channel)
     return await stub.ListPeers(tracker_pb2.ListPeersRequest(), timeout=3.0)
-
-
-def credentials(files: TlsFiles) -> grpc.ChannelCredentials:
-    cert, key, ca = pem(files)
-    return grpc.ssl_channel_credentials(root_certificates=ca, private_key=key, certificate_chain=cert)
 
 
 def secure(address: str, creds: grpc.ChannelCredentials, name: str = tls.TRACKER_NAME) -> grpc.aio.Channel:
@@ -195,9 +191,12 @@ async def test_a_plaintext_tracker_warns_once(caplog: pytest.LogCaptureFixture) 
     assert len(warnings) == 1 and warnings[0].levelno == logging.WARNING
 
 
-def test_a_plaintext_peer_warns_in_its_log(swarm: LocalSwarm) -> None:
-    (peer,) = start_peers(swarm, 1)
-    assert peer.log_path.read_text().count("WITHOUT TLS") == 1
+def test_a_plaintext_peer_warns_in_its_log(tmp_path: Path) -> None:
+    # A plaintext swarm of its own, whatever SHOAL_TEST_TLS asks of the `swarm` fixture.
+    with running_swarm(tmp_path / "plain", announce_interval=0.5, tls=None) as plain:
+        assert plain.tls is None
+        (peer,) = start_peers(plain, 1)
+        assert peer.log_path.read_text().count("WITHOUT TLS") == 1
 
 
 async def test_a_certificate_naming_ips_binds_the_announced_address(

@@ -12,6 +12,7 @@ from collections.abc import AsyncIterator
 
 import grpc
 import pytest
+from helpers.tls import dial
 
 from shoal import net
 from shoal.config import TrackerConfig
@@ -277,7 +278,7 @@ def test_a_real_peer_keeps_its_listing_against_an_impersonator(swarm: LocalSwarm
         assert time.monotonic() < deadline, "the peer never saved its tracker secret"
         time.sleep(0.05)
     assert stat.S_IMODE(secrets_file.stat().st_mode) == 0o600
-    with grpc.insecure_channel(swarm.trackers[0].address) as channel:
+    with dial(swarm, swarm.trackers[0]) as channel:  # under TLS a member's certificate: the insider
         hostile = tracker_pb2_grpc.TrackerStub(channel)
         with pytest.raises(grpc.RpcError) as info:
             hostile.Leave(tracker_pb2.LeaveRequest(peer_id=peer_id), timeout=3)
@@ -288,6 +289,6 @@ def test_a_real_peer_keeps_its_listing_against_an_impersonator(swarm: LocalSwarm
         listed = hostile.ListPeers(tracker_pb2.ListPeersRequest(), timeout=3)
         assert [(p.peer_id, p.address) for p in listed.peers] == [(peer_id, peer.address)]
     assert swarm.stop_proc(peer) == 0  # and its own Leave, with the secret, still works
-    with grpc.insecure_channel(swarm.trackers[0].address) as channel:
+    with dial(swarm, swarm.trackers[0]) as channel:
         listed = tracker_pb2_grpc.TrackerStub(channel).ListPeers(tracker_pb2.ListPeersRequest(), timeout=3)
     assert list(listed.peers) == []

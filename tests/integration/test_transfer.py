@@ -17,6 +17,7 @@ from helpers.cli import CLI_TIMEOUT, ok, put, shoal, shoal_json, start_get
 from helpers.files import make_file, sha256_of
 from helpers.polling import wait_until
 from helpers.processes import start_peers
+from helpers.tls import dial, dial_aio
 
 from shoal.localswarm import LocalSwarm, Proc, wait_serving
 from shoal.v1 import peer_pb2, peer_pb2_grpc, tracker_pb2, tracker_pb2_grpc
@@ -108,7 +109,7 @@ def test_sigterm_exits_zero_and_leaves_the_tracker_at_once(swarm: LocalSwarm, tm
     swarm.signal(leaving, signal.SIGTERM)
     assert leaving.popen.wait(timeout=20) == 0
     exited = time.monotonic()
-    with grpc.insecure_channel(swarm.trackers[0].address) as channel:
+    with dial(swarm, swarm.trackers[0]) as channel:
         holders = tracker_pb2_grpc.TrackerStub(channel).GetPeers(
             tracker_pb2.GetPeersRequest(file_id=file_id), timeout=10
         )
@@ -122,12 +123,12 @@ def test_sigterm_exits_zero_and_leaves_the_tracker_at_once(swarm: LocalSwarm, tm
 
 async def test_tracker_and_peer_report_serving(swarm: LocalSwarm) -> None:
     (peer,) = start_peers(swarm, 1)
-    for address, service in ((swarm.trackers[0].address, "shoal.v1.Tracker"), (peer.address, "shoal.v1.Peer")):
-        async with grpc.aio.insecure_channel(address) as channel:
+    for proc, service in ((swarm.trackers[0], "shoal.v1.Tracker"), (peer, "shoal.v1.Peer")):
+        async with dial_aio(swarm, proc) as channel:
             health = health_pb2_grpc.HealthStub(channel)
             for name in ("", service):
                 reply = await health.Check(health_pb2.HealthCheckRequest(service=name), timeout=10)
-                assert reply.status == health_pb2.HealthCheckResponse.SERVING, (address, name)
+                assert reply.status == health_pb2.HealthCheckResponse.SERVING, (proc.address, name)
 
 
 def chunks_done(swarm: LocalSwarm, peer: Proc, file_id: str) -> tuple[int, int, bool]:
@@ -142,7 +143,7 @@ def slow_seed(swarm: LocalSwarm, tmp_path: Path, size: int = 3 * MiB, rate: int 
     """A seeder capped at `rate` bytes/s holding `size` bytes in 64 KiB chunks, and a leecher that sees it."""
     seeder = swarm.start_peer("--upload-limit", str(rate), wait=False)
     leecher = swarm.start_peer()
-    wait_serving(seeder.address)
+    wait_serving(seeder.probe_address)
     source = tmp_path / "slow.bin"
     digest = make_file(source, size)
     file_id = put(swarm, seeder, source, "--chunk-size", str(64 * 1024))
@@ -254,9 +255,9 @@ def test_editing_the_exported_copy_never_changes_what_the_peer_serves(swarm: Loc
     os.chmod(output, 0o644)  # it is the user's file: they may make it writable and edit it
     with open(output, "r+b") as edit:
         edit.write(b"edited by its owner")
-    with grpc.insecure_channel(seeder.address) as channel:
+    with dial(swarm, seeder) as channel:
         manifest = peer_pb2_grpc.PeerStub(channel).GetManifest(peer_pb2.GetManifestRequest(file_id=file_id), timeout=10)
-    with grpc.insecure_channel(leecher.address) as channel:
+    with dial(swarm, leecher) as channel:
         try:
             chunk = peer_pb2_grpc.PeerStub(channel).GetChunk(
                 peer_pb2.GetChunkRequest(file_id=file_id, index=0), timeout=10
