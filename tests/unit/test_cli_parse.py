@@ -363,7 +363,7 @@ def test_help_names_the_real_defaults(capsys: pytest.CaptureFixture[str]) -> Non
     text = _help(["peer"], capsys)
     assert "(default: 1MiB; env SHOAL_CHUNK_SIZE)" in text
     assert "(default: 0.0.0.0:7401; env SHOAL_LISTEN)" in text
-    assert "(default: 16; env SHOAL_UPLOAD_SLOTS)" in text
+    assert "(default: 8; env SHOAL_UPLOAD_SLOTS)" in text
     assert "(default: 3; env SHOAL_ANNOUNCE_INTERVAL)" in _help(["tracker"], capsys)
 
 
