@@ -297,7 +297,7 @@ def summarize(clean: list[Fetch], lossy: list[Fetch], args: argparse.Namespace) 
     size = args.size
     clean_by = {f.tool: f for f in clean}
     print(
-        f"\n{args.loss:.0%} loss on the source's link, {size / MIB:g} MiB, {args.runs} rounds (under load: "
+        f"\n{args.loss:.0%} loss on the source's link, {size / MIB:g} MiB, {args.runs} rounds ("
         f"load average {Path('/proc/loadavg').read_text().split()[0]})\n"
         f"  shoal median {shoal_med:.2f} s ({size / shoal_med / MB:.2f} MB/s), runs "
         f"{', '.join(f'{s:.2f}' for s in shoal)}\n"
