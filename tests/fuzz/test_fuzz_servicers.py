@@ -6,10 +6,11 @@ import asyncio
 import tempfile
 from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import Any, NoReturn, cast
+from typing import Any, cast
 
 import grpc
 from google.protobuf.message import Message
+from helpers.servicer_context import Aborted, FakeContext
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -53,32 +54,6 @@ CONTROL_ALLOWED = {
     "List": set(),
     "Status": set(),
 }
-
-
-class Aborted(Exception):
-    def __init__(self, code: grpc.StatusCode, details: str) -> None:
-        super().__init__(code, details)
-        self.code = code
-        self.details = details
-
-
-class FakeContext:
-    """What the servicers use of a ServicerContext; done callbacks run when the call ends, as gRPC runs them."""
-
-    def __init__(self) -> None:
-        self.done: list[Any] = []
-
-    def add_done_callback(self, callback: Any) -> None:
-        self.done.append(callback)
-
-    def peer(self) -> str:
-        return "ipv4:127.0.0.1:1"
-
-    def invocation_metadata(self) -> tuple[()]:
-        return ()
-
-    async def abort(self, code: grpc.StatusCode, details: str) -> NoReturn:
-        raise Aborted(code, details)
 
 
 class Heard:

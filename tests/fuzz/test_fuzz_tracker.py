@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 from collections.abc import Coroutine
-from typing import Any, NoReturn, cast
+from typing import Any, cast
 
 import grpc
 import pytest
 from google.protobuf.message import DecodeError, Message
 from helpers.clocks import FakeClock
 from helpers.registry_audit import audit
+from helpers.servicer_context import Aborted, FakeContext
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -40,26 +41,6 @@ REQUEST_TYPES: dict[str, type[Message]] = {
 }
 # The biggest reply any one call may build: 1,000 holders or results of ~600 bytes, or ListPeers' cap.
 MAX_REPLY_BYTES = max(1000 * 700, MAX_LIST_PEERS * 600)
-
-
-class Aborted(Exception):
-    def __init__(self, code: grpc.StatusCode, details: str) -> None:
-        super().__init__(code, details)
-        self.code = code
-        self.details = details
-
-
-class FakeContext:
-    """The ServicerContext methods the tracker uses (a plaintext caller: no certificate)."""
-
-    def peer(self) -> str:
-        return "ipv4:127.0.0.1:1"
-
-    def auth_context(self) -> dict[str, list[bytes]]:
-        return {}
-
-    async def abort(self, code: grpc.StatusCode, details: str) -> NoReturn:
-        raise Aborted(code, details)
 
 
 def run(coro: Coroutine[Any, Any, Any]) -> Any:

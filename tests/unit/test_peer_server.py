@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any, cast
 
 import grpc
+from helpers.servicer_context import FakeContext
 from unit.manifests import CS, pattern
 
 from shoal.config import PeerConfig
@@ -18,22 +19,6 @@ from shoal.store import Store
 from shoal.v1 import peer_pb2
 
 NCHUNKS = 4
-
-
-class Context:
-    """The parts of a ServicerContext GetChunk uses; gRPC keeps the done callbacks after the call ends."""
-
-    def __init__(self) -> None:
-        self.done: list[Any] = []
-
-    def add_done_callback(self, callback: Any) -> None:
-        self.done.append(callback)
-
-    def peer(self) -> str:
-        return "ipv4:127.0.0.1:1"
-
-    def invocation_metadata(self) -> tuple[()]:
-        return ()
 
 
 class Peers:
@@ -69,7 +54,7 @@ async def test_a_finished_calls_callbacks_hold_no_chunk_buffer(tmp_path: Path) -
     node = Node(PeerConfig(listen="127.0.0.1:0", trackers=("127.0.0.1:1",), data_dir=store.root), store, "me", "x:1")
     uploads = Uploads(store, node.stats, node.upload_bucket, 4, lambda: None)
     servicer = PeerServicer(node, uploads, cast(Any, Peers()))
-    context = Context()
+    context = FakeContext()
     request = peer_pb2.GetChunkRequest(file_id=entry.file_id, index=2, peer_id="them")
     reply = await servicer.GetChunk(request, cast(grpc.aio.ServicerContext, context))
     assert bytes(wire.decode(reply).data) == pattern(NCHUNKS * CS)[2 * CS : 3 * CS]

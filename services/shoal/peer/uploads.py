@@ -75,13 +75,8 @@ class Uploads:
             raise NotHeld(f"chunk {index} not held yet")
         if entry.retired:
             raise NotHeld(f"file {entry.file_id} was removed from this peer")
-        if self.draining:
-            raise Draining("peer is shutting down")
+        self._take_slot()
         stats = self._stats
-        if stats.active_uploads >= self._slots:
-            stats.busy_rejections += 1
-            raise Busy("all upload slots busy")
-        stats.active_uploads += 1
         handed_over = False
         try:
             complete = entry.complete
@@ -111,13 +106,8 @@ class Uploads:
     async def serve_read(self, read: Callable[[], Awaitable[bytes | None]]) -> Served | None:
         """Serve what `read` returns (a chunk of an origin import's part file) within the same slots, cap and
         counters as held chunks; None (slot given back) when it has no such chunk."""
-        if self.draining:
-            raise Draining("peer is shutting down")
+        self._take_slot()
         stats = self._stats
-        if stats.active_uploads >= self._slots:
-            stats.busy_rejections += 1
-            raise Busy("all upload slots busy")
-        stats.active_uploads += 1
         handed_over = False
         try:
             data = await read()
@@ -132,6 +122,16 @@ class Uploads:
         finally:
             if not handed_over:
                 self._free_slot()
+
+    def _take_slot(self) -> None:
+        """One upload slot, or Draining / Busy."""
+        if self.draining:
+            raise Draining("peer is shutting down")
+        stats = self._stats
+        if stats.active_uploads >= self._slots:
+            stats.busy_rejections += 1
+            raise Busy("all upload slots busy")
+        stats.active_uploads += 1
 
     def _free_slot(self) -> None:
         self._stats.active_uploads -= 1
