@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 
 import grpc
 
@@ -353,24 +354,23 @@ class ControlServicer(control_pb2_grpc.ControlServicer):
     async def Remove(
         self, request: control_pb2.RemoveRequest, context: grpc.aio.ServicerContext
     ) -> control_pb2.RemoveResponse:
-        try:
-            entry = await self._keeper.remove(content.parse_file_id(request.file_id))
-        except (content.ContentError, StoreError) as err:
-            await fail(context, err)
+        entry = await _on_held(context, request.file_id, self._keeper.remove)
         return control_pb2.RemoveResponse(file=entry.info, freed_bytes=entry.held_bytes)
 
     async def Cancel(
         self, request: control_pb2.CancelRequest, context: grpc.aio.ServicerContext
     ) -> control_pb2.CancelResponse:
-        try:
-            entry = await self._keeper.cancel(content.parse_file_id(request.file_id))
-        except (content.ContentError, StoreError) as err:
-            await fail(context, err)
+        entry = await _on_held(context, request.file_id, self._keeper.cancel)
         return control_pb2.CancelResponse(file=entry.info, freed_bytes=entry.held_bytes)
 
     async def Pin(self, request: control_pb2.PinRequest, context: grpc.aio.ServicerContext) -> control_pb2.PinResponse:
-        try:
-            entry = await self._keeper.pin(content.parse_file_id(request.file_id), request.pinned)
-        except (content.ContentError, StoreError) as err:
-            await fail(context, err)
+        entry = await _on_held(context, request.file_id, functools.partial(self._keeper.pin, pinned=request.pinned))
         return control_pb2.PinResponse(file=local_file(entry, self._downloads.active()))
+
+
+async def _on_held(context: grpc.aio.ServicerContext, file_id: str, action: Callable[[str], Awaitable[Entry]]) -> Entry:
+    """Run a keeper verb (rm, cancel, pin) on a parsed file id; a bad id or a file not held becomes its status."""
+    try:
+        return await action(content.parse_file_id(file_id))
+    except (content.ContentError, StoreError) as err:
+        await fail(context, err)
