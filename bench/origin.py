@@ -18,35 +18,23 @@ import tempfile
 import time
 from pathlib import Path
 
+from bench.nginx import NGINX, configure
+from bench.nginx import argv as nginx_argv
 from bench.pair import parse_size, port_open, sha256_file, wait_for, write_random_file
 
 from shoal.localswarm import LocalSwarm, free_port, wait_serving
 
 logger = logging.getLogger(__name__)
 
-NGINX_CONF = """\
-daemon off;
-master_process off;
-worker_processes 1;
-error_log {prefix}/error.log warn;
-pid {prefix}/nginx.pid;
-events {{ worker_connections 256; }}
-http {{
+NGINX_HTTP = """\
     log_format sent '$uri $status $body_bytes_sent';
     access_log {prefix}/access.log sent;
-    client_body_temp_path {prefix}/body;
-    proxy_temp_path {prefix}/proxy;
-    fastcgi_temp_path {prefix}/fastcgi;
-    uwsgi_temp_path {prefix}/uwsgi;
-    scgi_temp_path {prefix}/scgi;
-    default_type application/octet-stream;
     sendfile on;
     server {{
         listen 127.0.0.1:{port};
         root {root};
         {rate}
     }}
-}}
 """
 
 
@@ -73,12 +61,11 @@ def bench(args: argparse.Namespace, work: Path) -> None:
     digest = write_random_file(root / "shoal.bin", args.size)
     (root / "curl.bin").hardlink_to(root / "shoal.bin")
     prefix = work / "nginx"
-    prefix.mkdir()
     port = free_port()
     rate = f"limit_rate {args.origin_rate};" if args.origin_rate else ""
-    (prefix / "nginx.conf").write_text(NGINX_CONF.format(prefix=prefix, port=port, root=root, rate=rate))
+    configure(prefix, NGINX_HTTP.format(prefix=prefix, port=port, root=root, rate=rate), connections=256)
     nginx = subprocess.Popen(
-        [args.nginx, "-e", str(prefix / "error.log"), "-p", str(prefix), "-c", str(prefix / "nginx.conf")],
+        nginx_argv(prefix, args.nginx),
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
@@ -130,7 +117,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--peers", type=int, default=4, help="peers (and curls) getting the URL at once")
     parser.add_argument("--size", type=parse_size, default=64 * 2**20, help="file size (e.g. 64MiB)")
     parser.add_argument("--origin-rate", default="", help="nginx limit_rate per request (e.g. 50m); none by default")
-    parser.add_argument("--nginx", default="/usr/sbin/nginx")
+    parser.add_argument("--nginx", default=NGINX)
     parser.add_argument("--curl", default=shutil.which("curl") or "/usr/bin/curl")
     parser.add_argument("--timeout", type=float, default=600.0)
     args = parser.parse_args(argv)

@@ -27,6 +27,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from types import FrameType
 
+from bench.nginx import NGINX, configure
+from bench.nginx import argv as nginx_argv
+
 from shoal.localswarm import free_port
 
 MB = 1_000_000
@@ -244,38 +247,22 @@ class ShoalPair:
         return time.perf_counter() - start
 
 
-NGINX_CONF = """\
-daemon off;
-master_process off;
-worker_processes 1;
-error_log {prefix}/error.log warn;
-pid {prefix}/nginx.pid;
-events {{ worker_connections 64; }}
-http {{
+NGINX_HTTP = """\
     access_log off;
-    client_body_temp_path {prefix}/body;
-    proxy_temp_path {prefix}/proxy;
-    fastcgi_temp_path {prefix}/fastcgi;
-    uwsgi_temp_path {prefix}/uwsgi;
-    scgi_temp_path {prefix}/scgi;
-    default_type application/octet-stream;
     sendfile on;
     tcp_nopush on;
     server {{
         listen 127.0.0.1:{port};
         root {root};
     }}
-}}
 """
 
 
 def start_nginx(work: Path, procs: Procs, nginx: str) -> int:
     prefix = work / "nginx"
-    prefix.mkdir()
     port = free_port()
-    conf = prefix / "nginx.conf"
-    conf.write_text(NGINX_CONF.format(prefix=prefix, port=port, root=work))
-    procs.start("nginx", [nginx, "-e", str(prefix / "error.log"), "-p", str(prefix), "-c", str(conf)])
+    configure(prefix, NGINX_HTTP.format(port=port, root=work))
+    procs.start("nginx", nginx_argv(prefix, nginx))
     wait_for("nginx", lambda: port_open(port), lambda: procs.check("nginx"))
     return port
 
@@ -421,7 +408,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--workdir", type=Path, default=None, help="parent of the temp dir (default: /tmp)")
     parser.add_argument("--timeout", type=float, default=900.0, help="seconds allowed per command (default 900)")
     parser.add_argument("--shoal", default=str(BIN_DIR / "shoal"), help="shoal executable (default: the venv's)")
-    parser.add_argument("--nginx", default="/usr/sbin/nginx", help="nginx executable (Debian's nginx-light)")
+    parser.add_argument("--nginx", default=NGINX, help="nginx executable (Debian's nginx-light)")
     parser.add_argument("--curl", default=shutil.which("curl") or "/usr/bin/curl", help="curl executable")
     parser.add_argument("--tls", action="store_true", help="also time shoal with mutual TLS on (row shoal-tls)")
     parser.add_argument(

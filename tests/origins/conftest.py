@@ -10,9 +10,10 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
+from bench.nginx import argv as nginx_argv
+from bench.nginx import configure
 from origins.servers import (
-    NGINX,
-    NGINX_CONF,
+    NGINX_HTTP,
     OPENSSL,
     REGISTRY,
     REGISTRY_CONF,
@@ -48,10 +49,9 @@ def nginx(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Nginx]:
         capture_output=True,
     )
     server = Nginx(root, free_port(), free_port(), free_port(), prefix)
-    conf = NGINX_CONF.format(prefix=prefix, root=root, http=server.http, https=server.https, other=server.other)
-    (prefix / "nginx.conf").write_text(conf)
-    argv = [NGINX, "-e", str(prefix / "error.log"), "-p", str(prefix), "-c", str(prefix / "nginx.conf")]
-    process = start(argv, prefix / "stdout.log", server.http, "nginx")
+    http = NGINX_HTTP.format(prefix=prefix, root=root, http=server.http, https=server.https, other=server.other)
+    configure(prefix, http)
+    process = start(nginx_argv(prefix), prefix / "stdout.log", server.http, "nginx")
     try:
         wait_listening(server.https, process.proc, "nginx", prefix / "error.log")
         yield server

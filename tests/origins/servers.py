@@ -16,30 +16,16 @@ import pytest
 from aiobotocore.session import get_session
 from yarl import URL
 
-NGINX = "/usr/sbin/nginx"
 REGISTRY = "/usr/bin/docker-registry"
 OPENSSL = "/usr/bin/openssl"
 START_TIMEOUT = 20.0
 
 # Every request nginx answers, with what it sent and the secrets it received: the witness of the tests.
-NGINX_CONF = """\
-daemon off;
-master_process off;
-worker_processes 1;
-error_log {prefix}/error.log warn;
-pid {prefix}/nginx.pid;
-events {{ worker_connections 64; }}
-http {{
+NGINX_HTTP = """\
     log_format witness escape=none '$server_port $status $request_method $uri range=[$http_range] '
         'if_range=[$http_if_range] bytes=$body_bytes_sent auth=[$http_authorization] token=[$http_x_token] '
         'args=[$args]';
     access_log {prefix}/access.log witness;
-    client_body_temp_path {prefix}/body;
-    proxy_temp_path {prefix}/proxy;
-    fastcgi_temp_path {prefix}/fastcgi;
-    uwsgi_temp_path {prefix}/uwsgi;
-    scgi_temp_path {prefix}/scgi;
-    default_type application/octet-stream;
     server {{
         listen 127.0.0.1:{http};
         root {root};
@@ -58,7 +44,6 @@ http {{
         listen 127.0.0.1:{other};
         root {root};
     }}
-}}
 """
 
 

@@ -12,11 +12,13 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from bench.nginx import argv as nginx_argv
+from bench.nginx import configure
 from helpers.cli import command, ok, shoal, shoal_json
 from helpers.files import make_file, sha256_of
 from helpers.polling import wait_until
 from helpers.processes import running_swarm, start_peers
-from origins.servers import NGINX, Nginx, free_port, start
+from origins.servers import Nginx, free_port, start
 
 from shoal.localswarm import LocalSwarm, Proc
 
@@ -185,21 +187,8 @@ def test_digest_mismatch_and_missing_files(nginx: Nginx, swarm: LocalSwarm, tmp_
 
 
 PLAIN_NGINX = """\
-daemon off;
-master_process off;
-worker_processes 1;
-error_log {prefix}/error.log warn;
-pid {prefix}/nginx.pid;
-events {{ worker_connections 64; }}
-http {{
     access_log {prefix}/access.log;
-    client_body_temp_path {prefix}/body;
-    proxy_temp_path {prefix}/proxy;
-    fastcgi_temp_path {prefix}/fastcgi;
-    uwsgi_temp_path {prefix}/uwsgi;
-    scgi_temp_path {prefix}/scgi;
     server {{ listen 127.0.0.1:{port}; root {root}; }}
-}}
 """
 
 
@@ -208,8 +197,8 @@ def test_preheat_then_origin_down(swarm: LocalSwarm, tmp_path: Path) -> None:
     root.mkdir()
     prefix.mkdir()
     port = free_port()
-    (prefix / "nginx.conf").write_text(PLAIN_NGINX.format(prefix=prefix, root=root, port=port))
-    argv = [NGINX, "-e", str(prefix / "error.log"), "-p", str(prefix), "-c", str(prefix / "nginx.conf")]
+    configure(prefix, PLAIN_NGINX.format(prefix=prefix, root=root, port=port))
+    argv = nginx_argv(prefix)
     origin = start(argv, prefix / "stdout.log", port, "nginx")
     url = f"http://127.0.0.1:{port}/preheated.bin"
     try:
@@ -239,8 +228,8 @@ def test_origin_down_midway_resumes_without_reading_a_chunk_twice(swarm: LocalSw
     root.mkdir()
     prefix.mkdir()
     port = free_port()
-    (prefix / "nginx.conf").write_text(RANGED_NGINX.format(prefix=prefix, root=root, port=port))
-    argv = [NGINX, "-e", str(prefix / "error.log"), "-p", str(prefix), "-c", str(prefix / "nginx.conf")]
+    configure(prefix, RANGED_NGINX.format(prefix=prefix, root=root, port=port))
+    argv = nginx_argv(prefix)
     size = 24 * 1024 * 1024
     digest = make_file(root / "flaky.bin", size)
     (peer,) = start_peers(swarm, 1)
