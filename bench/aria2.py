@@ -28,8 +28,10 @@ from typing import Any
 
 from bench.cgroup import CpuGroup
 from bench.netns import Host, Lab, netns_pids
-from bench.pair import BenchError, Procs, sha256_file, wait_for
+from bench.pair import BenchError, Procs, wait_for
 from bench.swarm_measure import MB, Meter, Result, kumar_ross
+
+from shoal.samples import sha256_of
 
 TOOLS = {"aria2c": "aria2", "mktorrent": "mktorrent", "opentracker": "opentracker"}  # executable: Debian package
 TRACKER_PORT = 6969
@@ -247,7 +249,7 @@ def run_aria2(lab: Lab, hosts: dict[str, Host], args: argparse.Namespace, n: int
             seeder_up=up["seeder"],
             leechers_up=sum(up.get(name, 0) for name in leechers),
             leechers_down=kept,
-            verified=sum(sha256_file(run_dir / "out" / name / args.source.name) == args.digest for name in ends),
+            verified=sum(sha256_of(run_dir / "out" / name / args.source.name) == args.digest for name in ends),
             failed=failed,
             peer_cpu=meter.peer_cpu,
             client_cpu=meter.client_cpu,

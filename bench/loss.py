@@ -38,8 +38,10 @@ from types import FrameType
 from typing import Any
 
 from bench.netns import Host, Lab, LabError, pid_alive, require_root
-from bench.pair import BenchError, Procs, parse_size, run_cmd, sha256_file, wait_for, write_random_file
+from bench.pair import BenchError, Procs, parse_size, run_cmd, wait_for
 from bench.swarm import revision
+
+from shoal.samples import make_file, sha256_of
 
 MIB = 2**20
 MB = 1e6
@@ -214,7 +216,7 @@ class LossLab:
             final = json.loads(answer.splitlines()[-1])
             fetch = Fetch("shoal", loss, seconds, self.args.size, float(final.get("transfer_seconds", 0.0)))
             fetch.sender = sender
-            fetch.ok = sha256_file(out) == digest
+            fetch.ok = sha256_of(out) == digest
             if not fetch.ok:
                 fetch.error = "the copy does not match the source's sha256"
             out.unlink(missing_ok=True)
@@ -368,7 +370,7 @@ def bench(lab: Lab, work: Path, args: argparse.Namespace) -> dict[str, Any]:
         world.start_tracker()
         world.start_peer("src", world.src)
         blob = work / "file"
-        digest = write_random_file(blob, args.size)
+        digest = make_file(blob, args.size)
         file_id = world.put(blob)
         print(f"published {file_id[:16]}... ({args.size / MIB:g} MiB) on the source {world.source_address}", flush=True)
         clean = [world.shoal_get("clean", file_id, 0.0, digest), world.tcp(0.0)]

@@ -20,9 +20,10 @@ from pathlib import Path
 
 from bench.nginx import NGINX, configure
 from bench.nginx import argv as nginx_argv
-from bench.pair import parse_size, port_open, sha256_file, wait_for, write_random_file
+from bench.pair import parse_size, port_open, wait_for
 
 from shoal.localswarm import LocalSwarm, free_port, wait_serving
+from shoal.samples import make_file, sha256_of
 
 logger = logging.getLogger(__name__)
 
@@ -58,7 +59,7 @@ def run_all(argvs: list[list[str]], timeout: float) -> float:
 def bench(args: argparse.Namespace, work: Path) -> None:
     root = work / "www"
     root.mkdir()
-    digest = write_random_file(root / "shoal.bin", args.size)
+    digest = make_file(root / "shoal.bin", args.size)
     (root / "curl.bin").hardlink_to(root / "shoal.bin")
     prefix = work / "nginx"
     port = free_port()
@@ -96,7 +97,7 @@ def bench(args: argparse.Namespace, work: Path) -> None:
         curl_s = run_all(curl_argvs, args.timeout)
         for i in range(args.peers):
             for out in (work / f"s{i}", work / f"c{i}"):
-                if sha256_file(out) != digest:
+                if sha256_of(out) != digest:
                     raise SystemExit(f"{out}: wrong bytes")
         log = prefix / "access.log"
         mib = args.size / 2**20

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import hashlib
 import os
 import re
 import shutil
@@ -31,6 +30,7 @@ from bench.nginx import NGINX, configure
 from bench.nginx import argv as nginx_argv
 
 from shoal.localswarm import free_port
+from shoal.samples import make_file, sha256_of
 
 MB = 1_000_000
 RSS_LIMIT_MB = 150.0
@@ -67,28 +67,6 @@ def parse_size(text: str) -> int:
     if size <= 0:
         raise argparse.ArgumentTypeError(f"size must be positive: {text!r}")
     return size
-
-
-def write_random_file(path: Path, size: int) -> str:
-    """Write `size` random bytes in 4 MiB blocks (never all in memory); return their sha256 hex digest."""
-    digest = hashlib.sha256()
-    with open(path, "wb") as out:
-        left = size
-        while left > 0:
-            block = os.urandom(min(4 * 1024 * 1024, left))
-            digest.update(block)
-            out.write(block)
-            left -= len(block)
-    return digest.hexdigest()
-
-
-def sha256_file(path: Path) -> str:
-    """The sha256 hex digest of a file, read in 4 MiB blocks."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as data:
-        while block := data.read(4 * 1024 * 1024):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def read_status_kb(pid: int, key: str) -> int:
@@ -337,7 +315,7 @@ def shoal_runs(
             "A": read_status_kb(pid_a, "VmHWM") * 1024 / MB,
             "B": read_status_kb(pid_b, "VmHWM") * 1024 / MB,
         }
-        if sha256_file(output) != want:
+        if sha256_of(output) != want:
             raise BenchError(f"{tool} run {run}: sha256 of {output} differs from the source")
         results.append(Result(tool, run, seconds, args.size, {k: max(peaks[k], hwm[k]) for k in peaks}))
         print(f"{tool} get run {run}: {seconds:.2f} s, sha256 ok", flush=True)
@@ -352,7 +330,7 @@ def shoal_runs(
 def bench(args: argparse.Namespace, work: Path, procs: Procs) -> list[Result]:
     source = work / "file"
     print(f"writing {args.size / MB:.0f} MB of random data to {source} ...", flush=True)
-    want = write_random_file(source, args.size)
+    want = make_file(source, args.size)
     results = shoal_runs(args, work, procs, source, want, "shoal", [])
     if args.tls:
         results += shoal_runs(args, work, procs, source, want, "shoal-tls", make_certs(work / "tls"))
@@ -365,7 +343,7 @@ def bench(args: argparse.Namespace, work: Path, procs: Procs) -> list[Result]:
         start = time.perf_counter()
         run_cmd(argv, args.timeout, work / "logs" / "clients.log")
         seconds = time.perf_counter() - start
-        if sha256_file(output) != want:
+        if sha256_of(output) != want:
             raise BenchError(f"curl run {run}: sha256 of {output} differs from the source")
         results.append(Result("curl", run, seconds, args.size))
         print(f"curl run {run}: {seconds:.2f} s, sha256 ok", flush=True)

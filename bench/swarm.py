@@ -48,9 +48,11 @@ from typing import Any
 from bench import aria2
 from bench.cgroup import CpuGroup
 from bench.netns import Host, Lab, LabError, netns_pids, pid_alive, require_root
-from bench.pair import BenchError, Procs, make_certs, parse_size, run_cmd, sha256_file, wait_for, write_random_file
+from bench.pair import BenchError, Procs, make_certs, parse_size, run_cmd, wait_for
 from bench.swarm_measure import MB, Meter, Result, daemon_peak_rss, kumar_ross
 from bench.swarm_report import report, write_json
+
+from shoal.samples import make_file, sha256_of
 
 MIB = 2**20
 TRACKER_PORT = 7400
@@ -217,7 +219,7 @@ def run_once(lab: Lab, hosts: dict[str, Host], args: argparse.Namespace, mode: s
             seeder_up=int(stats["seeder"]["uploaded_bytes"]),
             leechers_up=sum(int(stats[name]["uploaded_bytes"]) for name in leechers),
             leechers_down=sum(int(stats[name]["downloaded_bytes"]) for name in leechers),
-            verified=sum(sha256_file(run_dir / "out" / name) == args.digest for name in answers),
+            verified=sum(sha256_of(run_dir / "out" / name) == args.digest for name in answers),
             failed=failed,
             peer_cpu=meter.peer_cpu,
             client_cpu=meter.client_cpu,
@@ -364,7 +366,7 @@ def main(argv: list[str] | None = None) -> int:
         code = revision()
         print(f"shoal: {args.shoal} at {code}; {os.cpu_count()} CPUs; peer flags: {shlex.join(args.peer_args) or '-'}")
         args.source = args.work / "file"
-        args.digest = write_random_file(args.source, args.size)
+        args.digest = make_file(args.source, args.size)
         args.chunk_size = args.chunk_size or 0
         args.tls_flags = make_certs(args.work / "tls") if args.tls else []
         if args.tls:

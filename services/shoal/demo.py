@@ -3,10 +3,8 @@
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import logging
-import os
 import shutil
 import signal
 import subprocess
@@ -16,32 +14,9 @@ import time
 from pathlib import Path
 
 from shoal.localswarm import LocalSwarm
+from shoal.samples import make_file, sha256_of
 
 logger = logging.getLogger(__name__)
-
-_BLOCK = 4 * 1024 * 1024
-
-
-def _write_random(path: Path, size: int) -> str:
-    """Write `size` random bytes in blocks (never all in memory); return their sha256."""
-    digest = hashlib.sha256()
-    with open(path, "wb") as out:
-        left = size
-        while left > 0:
-            block = os.urandom(min(_BLOCK, left))
-            digest.update(block)
-            out.write(block)
-            left -= len(block)
-    return digest.hexdigest()
-
-
-def _sha256_of(path: Path) -> str:
-    """Hash a file in blocks."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as data:
-        while block := data.read(_BLOCK):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def write_scrape_config(swarm: LocalSwarm) -> Path:
@@ -111,7 +86,7 @@ def run_demo(args: argparse.Namespace) -> int:
         if scrape is not None:
             print(f"prometheus scrape config written to {scrape}")
         source = workdir / "demo.bin"
-        expected = _write_random(source, args.size)
+        expected = make_file(source, args.size)
         seeder, leechers = swarm.peers[0], swarm.peers[1:]
         put = swarm.cli(seeder, "put", str(source))
         file_id = put.stdout.strip().splitlines()[-1]
@@ -150,7 +125,7 @@ def run_demo(args: argparse.Namespace) -> int:
             sources = result["sources"]
             received = sources["from_complete_bytes"] + sources["from_partial_bytes"]
             share = 100.0 * sources["from_partial_bytes"] / received if received else 0.0
-            verified = _sha256_of(Path(result["output"])) == expected
+            verified = sha256_of(Path(result["output"])) == expected
             ok = ok and verified
             rate = args.size / seconds / 1e6 if seconds > 0 else 0.0
             print(
