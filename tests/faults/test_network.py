@@ -15,6 +15,7 @@ from functools import partial
 from pathlib import Path
 
 import pytest
+from bench.loss import TCP_CLIENT, TCP_PORT, TCP_SERVER
 from bench.netns import Host
 from faults.delayproxy import DelayProxy
 from faults.harness import MiB, TrackerView, Watch, peer_ids, run, shrink
@@ -59,40 +60,18 @@ def _completed(checks: list[Check]) -> str:
     return "completed, sha256 ok" if verdict(checks) == "pass" else "FAILED"
 
 
-# Raw TCP over the same link, for scale: one stream of `size` bytes from a server in one namespace.
-_TCP_SERVER = """
-import socket, sys
-size = int(sys.argv[1])
-with socket.create_server(("0.0.0.0", 9000)) as server:
-    conn, _ = server.accept()
-    with conn:
-        block = bytes(65536)
-        while size > 0:
-            conn.sendall(block[: min(size, len(block))])
-            size -= len(block)
-"""
-_TCP_CLIENT = """
-import socket, sys, time
-started = time.monotonic()
-received = 0
-for attempt in range(100):
-    try:
-        conn = socket.create_connection((sys.argv[1], 9000), timeout=60)
-        break
-    except ConnectionRefusedError:
-        time.sleep(0.05)
-with conn:
-    while data := conn.recv(1 << 20):
-        received += len(data)
-print(received, time.monotonic() - started)
-"""
+def _raw_tcp_seconds(server: Host, client: Host, size: int) -> float:
+    """Seconds for one plain TCP stream of `size` bytes from `server` to `client` (bench-loss's own pair).
 
-
-def _raw_tcp_seconds(lab: NsSwarm, server: Host, client: Host, size: int) -> float:
-    """Seconds for one plain TCP stream of `size` bytes from `server` to `client`."""
-    serving = subprocess.Popen(server.argv([sys.executable, "-c", _TCP_SERVER, str(size)]))
+    The sender keeps its socket until the client confirms every byte: a sender that closed early would leave an
+    orphaned socket whose retries the kernel gives up on silently under heavy loss, and the client would hang.
+    """
+    argv = [sys.executable, "-c", TCP_SERVER, str(size), str(TCP_PORT)]
+    serving = subprocess.Popen(server.argv(argv), stdout=subprocess.PIPE, text=True)
     try:
-        done = run(client.argv([sys.executable, "-c", _TCP_CLIENT, server.ip]), timeout=300)
+        assert serving.stdout is not None
+        assert serving.stdout.readline().strip() == "listening", "the raw TCP server did not start"
+        done = run(client.argv([sys.executable, "-c", TCP_CLIENT, server.ip, str(TCP_PORT), str(size)]), timeout=300)
         received, seconds = done.stdout.split()
         assert int(received) == size, "raw TCP stream cut short"
         return float(seconds)
@@ -126,7 +105,7 @@ def test_g_packet_loss_on_source_link(lab: NsSwarm, tmp_path: Path, report: Repo
         lab.iptables(src_host, [*rule, "-j", "DROP"])
     lossy, lossy_ok = _download(lossy_peer, file_id, tmp_path / "lossy.bin", sha)
     drops = lossy_peer.log_path.read_text(errors="replace").count(f"source {source.address} sent nothing")
-    tcp = _raw_tcp_seconds(lab, src_host, clean_host, 4 * MiB)
+    tcp = _raw_tcp_seconds(src_host, clean_host, 4 * MiB)
     checks = [clean_ok, lossy_ok]
     report.add(
         f"g) {LOSS:.0%} packet loss both ways on the only source's link (iptables statistic, {size // MiB} MiB)",
