@@ -112,7 +112,6 @@ def render(chart: Path = CHART) -> str:
         "appVersion": meta["appVersion"],
         "description": meta["description"],
         "kubeVersion": meta.get("kubeVersion", ""),
-        "home": meta.get("home", ""),
         "values": table(rows((chart / "values.yaml").read_text())),
     }
     text = re.sub(r"\{\{ (\w+) \}\}", lambda m: fields[m.group(1)], template)
