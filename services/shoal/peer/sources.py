@@ -81,6 +81,13 @@ class Source:
         return self.busy_until > self.clock()
 
     @property
+    def proven(self) -> bool:
+        """It has delivered a chunk that verified and none that failed: its next request may go out while its
+        last chunk is still being checked. An unproven source waits for each verdict, so a liar is banned
+        after at most BAN_AFTER_BAD_CHUNKS + its window bad chunks, however fast it answers."""
+        return self.received > 0 and self.bad == 0
+
+    @property
     def room(self) -> int:
         """How many more requests it may be sent now."""
         return max(0, min(self.window, self.max_window) - self.inflight)

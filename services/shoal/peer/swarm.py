@@ -259,7 +259,7 @@ class Download(SourceSessions):
                 self.file_id, index, node.peer_id, source.deadline(length), spread=self._spread
             )
             elapsed = max(self._clock() - started, 1e-6)
-            if self._verifying < MAX_VERIFYING:
+            if source.proven and self._verifying < MAX_VERIFYING:
                 # Free the request slot now: the next request goes out while this chunk is checked.
                 source.requesting.discard(index)
                 self._notify()
