@@ -21,7 +21,7 @@ from faults.delayproxy import DelayProxy
 from faults.harness import MiB, TrackerView, Watch, peer_ids, run, shrink
 from faults.nslab import NsSwarm
 from faults.report import Check, Report, verdict
-from helpers.cli import put
+from helpers.cli import put, wait_listed
 from helpers.files import make_file, sha256_of
 from helpers.polling import wait_until
 from helpers.processes import start_peers, start_trackers
@@ -136,6 +136,7 @@ def test_g_latency_through_delay_proxy(tmp_path: Path, tls_files: TlsFiles | Non
                 source = start_peers(swarm, 1)[0]
             downloader = start_peers(swarm, 1)[0]
             file_id = put(swarm, source, blob)
+            wait_listed(swarm, downloader, file_id)
             watch, done = _download(downloader, file_id, tmp_path / f"{mode}.bin", sha)
             timings[mode] = watch.seconds
             checks.append(done)

@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from helpers.polling import wait_until
 from shoal.localswarm import LocalSwarm, Proc
 
 logger = logging.getLogger(__name__)
@@ -45,6 +46,11 @@ def shoal_json(swarm: LocalSwarm, peer: Proc, *args: str, timeout: float = CLI_T
 def put(swarm: LocalSwarm, peer: Proc, path: Path, *extra: str) -> str:
     """Publish `path` on `peer` (extra flags such as --chunk-size); return the file id."""
     return str(shoal_json(swarm, peer, "put", str(path), *extra)["file"]["file_id"])
+
+
+def wait_listed(swarm: LocalSwarm, asker: Proc, file_id: str) -> None:
+    """Poll `shoal peers` on `asker` until the trackers list a holder of `file_id` (put announces in the background)."""
+    wait_until(lambda: shoal(swarm, asker, "peers", file_id).returncode == 0, what=f"{file_id[:12]} listed")
 
 
 def start_get(peer: Proc, file_id: str, output: Path) -> subprocess.Popen[str]:

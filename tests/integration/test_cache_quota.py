@@ -108,7 +108,7 @@ def test_rm_withdraws_from_the_tracker_at_once(swarm: LocalSwarm, tmp_path: Path
     file_id = put(swarm, holder, tmp_path / "f")
     wait_until(lambda: shoal(swarm, asker, "peers", file_id).returncode == 0, what="the file listed")
     ok(shoal(swarm, holder, "rm", file_id))
-    wait_until(lambda: withdrawn(swarm, asker, file_id), timeout=5.0, interval=0.05, what="withdrawal")
+    wait_until(lambda: withdrawn(swarm, asker, file_id), timeout=10.0, interval=0.05, what="withdrawal")
 
 
 def _slow_download(swarm: LocalSwarm, tmp_path: Path) -> tuple[Proc, Proc, str, str]:

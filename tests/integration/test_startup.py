@@ -45,8 +45,8 @@ def test_peer_starts_without_its_tracker_and_joins_when_it_appears(swarm: LocalS
     peer_id = status["peer"]["peer_id"]
     wait_until(lambda: peer_id in live_peer_ids(swarm, tracker), timeout=10, what="a lease at the restarted tracker")
     assert peer.alive()
-    status = shoal_json(swarm, peer, "status")
-    assert status["trackers_up"] == [tracker.address]
+    # The tracker lists the peer a moment before the peer has stored its reply and counts the replica up.
+    wait_until(lambda: shoal_json(swarm, peer, "status")["trackers_up"] == [tracker.address], what="the replica up")
     found = shoal(swarm, peer, "search", "early").stdout.splitlines()
     assert len(found) == 1 and found[0].startswith(file_id) and "(1 complete, 0 partial)" in found[0], found
 
@@ -60,4 +60,4 @@ def test_peer_stops_at_once_while_a_tracker_replica_is_down(swarm: LocalSwarm) -
     wait_until(lambda: len(shoal_json(swarm, peer, "status")["trackers_up"]) == 1, what="the lost replica noticed")
     started = time.monotonic()
     assert swarm.stop_proc(peer, timeout=20) == 0
-    assert time.monotonic() - started < 5
+    assert time.monotonic() - started < 10  # a wait on the lost replica would take its 20 s timeout and a kill

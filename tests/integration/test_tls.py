@@ -10,7 +10,7 @@ from pathlib import Path
 import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
-from helpers.cli import CLI_TIMEOUT, put, start_get
+from helpers.cli import CLI_TIMEOUT, put, start_get, wait_listed
 from helpers.files import make_file, sha256_of
 from helpers.processes import running_swarm, start_peers
 from helpers.tls import Authority, pem
@@ -72,6 +72,7 @@ def test_transfer_between_peers_through_a_tls_tracker(swarm: LocalSwarm, tmp_pat
     source = tmp_path / "shared.bin"
     digest = make_file(source, 4 * MiB + 7)
     file_id = put(swarm, seeder, source, "--chunk-size", str(256 * 1024))
+    wait_listed(swarm, leechers[0], file_id)
     gets = {peer.name: start_get(peer, file_id, tmp_path / f"{peer.name}.out") for peer in leechers}
     try:
         for name, proc in gets.items():

@@ -106,15 +106,17 @@ def test_sigterm_exits_zero_and_leaves_the_tracker_at_once(swarm: LocalSwarm, tm
     leaving_id = peer_id(swarm, leaving)
     wait_until(lambda: holder_ids(swarm, asker, file_id) == {leaving_id}, what="the peer to be listed")
 
-    swarm.signal(leaving, signal.SIGTERM)
-    assert leaving.popen.wait(timeout=20) == 0
-    exited = time.monotonic()
     with dial(swarm, swarm.trackers[0]) as channel:
+        grpc.channel_ready_future(channel).result(timeout=10)  # the handshake is not part of the timed span
+        swarm.signal(leaving, signal.SIGTERM)
+        assert leaving.popen.wait(timeout=20) == 0
+        exited = time.monotonic()
         holders = tracker_pb2_grpc.TrackerStub(channel).GetPeers(
             tracker_pb2.GetPeersRequest(file_id=file_id), timeout=10
         )
+        asked = time.monotonic() - exited
     assert list(holders.holders) == []
-    assert time.monotonic() - exited < 1.0  # asked within a second of the exit; the lease had 30 s left
+    assert asked < 5.0, asked  # asked seconds after the exit; the lease had 30 s left
     result = shoal(swarm, asker, "peers", file_id)
     assert result.returncode == 4, result.stdout
     assert "no live peer holds" in result.stderr
@@ -169,7 +171,8 @@ def test_two_gets_of_one_file_on_one_peer_share_the_download(swarm: LocalSwarm, 
 
 
 def test_interrupted_get_resumes_from_verified_chunks(swarm: LocalSwarm, tmp_path: Path) -> None:
-    _, leecher, file_id, digest = slow_seed(swarm, tmp_path)
+    # 6 s of transfer: the interrupt must land mid-download even when a loaded machine makes each poll slow.
+    _, leecher, file_id, digest = slow_seed(swarm, tmp_path, size=6 * MiB)
     output = tmp_path / "resumed.bin"
     first = start_get(leecher, file_id, output)
     try:
