@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import signal
 from collections.abc import Callable, Generator, Iterator
 from pathlib import Path
 
@@ -21,6 +22,10 @@ INTEGRATION_DIR = Path(__file__).parent / "integration"
 
 def pytest_configure(config: pytest.Config) -> None:
     """Register the marker that tunes the `swarm` fixture, and the one every integration test gets."""
+    # A shell without job control starts a backgrounded command with SIGINT ignored, and every process it starts
+    # inherits that: the Ctrl-C tests' clients would then never see their SIGINT. A handler is not inherited.
+    if signal.getsignal(signal.SIGINT) == signal.SIG_IGN:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
     config.addinivalue_line(
         "markers", "swarm_config(announce_interval=0.5, tls=False): settings of the `swarm` fixture's processes"
     )
