@@ -28,7 +28,7 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def wait_serving(address: str, timeout: float = 15.0) -> None:
+def wait_serving(address: str, timeout: float = 30.0) -> None:
     """Block until the gRPC health service at `address` reports SERVING."""
     deadline = time.monotonic() + timeout
     with grpc.insecure_channel(address) as channel:

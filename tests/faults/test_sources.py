@@ -253,9 +253,10 @@ def _chunks_on_disk(peer: Proc, file_id: str) -> int:
 
 
 def test_h_restart_downloader_resumes(big: BigSwarm, report: Report) -> None:
-    # Capped below what the sources give, so the second half lasts long enough to join it with `get`.
+    # Capped well below what the sources give (about 60 MB/s): the second half then lasts about 9 s, room enough for
+    # the restart and a `get` that joins the resumed download on a loaded machine (at 30 MB/s it was about 4.5 s).
     big.quiet()
-    peer = start_peers(big.swarm, 1, "--download-limit", "30000000")[0]
+    peer = start_peers(big.swarm, 1, "--download-limit", "15000000")[0]
     try:
         recorded = _output(big, "h.bin")
         watch = Watch(peer, big.file_id, recorded).start()
