@@ -70,14 +70,32 @@ def _raw_tcp_seconds(server: Host, client: Host, size: int) -> float:
     serving = subprocess.Popen(server.argv(argv), stdout=subprocess.PIPE, text=True)
     try:
         assert serving.stdout is not None
-        assert serving.stdout.readline().strip() == "listening", "the raw TCP server did not start"
+        if serving.stdout.readline().strip() != "listening":
+            raise RuntimeError("the raw TCP server did not start")
         done = run(client.argv([sys.executable, "-c", TCP_CLIENT, server.ip, str(TCP_PORT), str(size)]), timeout=300)
         received, seconds = done.stdout.split()
-        assert int(received) == size, "raw TCP stream cut short"
+        if int(received) != size:
+            raise RuntimeError(f"raw TCP stream cut short: {received} of {size} bytes")
         return float(seconds)
     finally:
         serving.kill()
         serving.wait(10)
+
+
+def _raw_tcp_rate(server: Host, client: Host, size: int) -> str:
+    """Plain TCP's rate over the same link, for the report, from the first of two tries that completes.
+
+    It is context for the reader, not what the test checks: CI once saw a plain stream under 10% loss receive
+    nothing for 120 s. A baseline that fails twice is written into the report as failed, and the test goes on.
+    """
+    errors = []
+    for _ in range(2):
+        try:
+            return f"{size / _raw_tcp_seconds(server, client, size) / 1e6:.2f} MB/s"
+        except (RuntimeError, subprocess.TimeoutExpired) as err:
+            logger.warning("plain TCP baseline failed: %s", err)
+            errors.append(str(err).strip().splitlines()[-1])
+    return f"failed twice ({'; '.join(errors)})"
 
 
 def test_g_packet_loss_on_source_link(lab: NsSwarm, tmp_path: Path, report: Report) -> None:
@@ -105,14 +123,14 @@ def test_g_packet_loss_on_source_link(lab: NsSwarm, tmp_path: Path, report: Repo
         lab.iptables(src_host, [*rule, "-j", "DROP"])
     lossy, lossy_ok = _download(lossy_peer, file_id, tmp_path / "lossy.bin", sha)
     drops = lossy_peer.log_path.read_text(errors="replace").count(f"source {source.address} sent nothing")
-    tcp = _raw_tcp_seconds(src_host, clean_host, 4 * MiB)
+    tcp = _raw_tcp_rate(src_host, clean_host, 4 * MiB)
     checks = [clean_ok, lossy_ok]
     report.add(
         f"g) {LOSS:.0%} packet loss both ways on the only source's link (iptables statistic, {size // MiB} MiB)",
         "download completes; report the slowdown",
         f"{_completed(checks)}; {lossy.seconds:.1f} s vs {clean.seconds:.1f} s clean "
         f"(x{lossy.seconds / clean.seconds:.0f}, {size / lossy.seconds / 1e6:.2f} MB/s; plain TCP on the same "
-        f"lossy link {4 * MiB / tcp / 1e6:.2f} MB/s); source dropped as stalled {drops} times",
+        f"lossy link {tcp}); source dropped as stalled {drops} times",
         checks,
     )
 
