@@ -37,7 +37,7 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
-from bench.netns import Host, Lab, LabError, pid_alive, require_root
+from bench.netns import Host, Lab, LabError, pid_alive, require_root, sh
 from bench.pair import BenchError, Procs, parse_size, run_cmd, wait_for
 from bench.swarm import revision
 
@@ -241,34 +241,40 @@ class LossLab:
 
     def tcp(self, loss: float) -> Fetch:
         """One plain TCP stream of the file's size, source host to downloader host."""
-        size = self.args.size
-        server = subprocess.Popen(
-            self.src.argv([sys.executable, "-c", TCP_SERVER, str(size), str(TCP_PORT)]),
-            stdout=subprocess.PIPE,
-            text=True,
-        )
+        return plain_tcp(self.src, self.dl, self.args.size, loss, self.timeout)
+
+
+def plain_tcp(src: Host, dl: Host, size: int, loss: float, timeout: float) -> Fetch:
+    """One plain TCP stream of `size` bytes from `src` to `dl`: the reference for a Shoal download on that link.
+
+    A broken stream (no byte for the client's socket timeout, cut short, past `timeout`) comes back with ok False
+    and its error, so a caller can report it and go on.
+    """
+    server = subprocess.Popen(
+        src.argv([sys.executable, "-c", TCP_SERVER, str(size), str(TCP_PORT)]), stdout=subprocess.PIPE, text=True
+    )
+    try:
+        assert server.stdout is not None
+        if server.stdout.readline().strip() != "listening":
+            raise BenchError("the TCP server did not start")
+        client = [sys.executable, "-c", TCP_CLIENT, src.ip, str(TCP_PORT), str(size)]
+        started = time.perf_counter()
         try:
-            assert server.stdout is not None
-            if server.stdout.readline().strip() != "listening":
-                raise BenchError("the TCP server did not start")
-            client = [sys.executable, "-c", TCP_CLIENT, self.src.ip, str(TCP_PORT), str(size)]
-            started = time.perf_counter()
-            try:
-                done = self.lab.run(self.dl, client, timeout=self.timeout)
-            except (LabError, subprocess.TimeoutExpired) as err:  # a broken round, reported; the others go on
-                return Fetch("tcp", loss, time.perf_counter() - started, size, ok=False, error=str(err)[-300:])
-            received, seconds = done.stdout.split()
-            fetch = Fetch("tcp", loss, float(seconds), size)
-            try:
-                fetch.sender = tcp_info(server.communicate(timeout=30)[0])
-            except subprocess.TimeoutExpired:
-                pass
-            if int(received) != size:
-                fetch.ok, fetch.error = False, f"stream cut short: {received} of {size} bytes"
-            return fetch
-        finally:
-            server.kill()
-            server.wait(10)
+            done = sh(dl.argv(client), timeout=timeout)
+        except (LabError, subprocess.TimeoutExpired) as err:
+            return Fetch("tcp", loss, time.perf_counter() - started, size, ok=False, error=str(err)[-300:])
+        received, seconds = done.stdout.split()
+        fetch = Fetch("tcp", loss, float(seconds), size)
+        try:
+            fetch.sender = tcp_info(server.communicate(timeout=30)[0])
+        except subprocess.TimeoutExpired:
+            pass
+        if int(received) != size:
+            fetch.ok, fetch.error = False, f"stream cut short: {received} of {size} bytes"
+        return fetch
+    finally:
+        server.kill()
+        server.wait(10)
 
 
 def median(values: list[float]) -> float:

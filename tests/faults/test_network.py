@@ -7,15 +7,13 @@ inside the affected namespace; latency uses a delaying TCP proxy on loopback tha
 from __future__ import annotations
 
 import logging
-import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from functools import partial
 from pathlib import Path
 
 import pytest
-from bench.loss import TCP_CLIENT, TCP_PORT, TCP_SERVER
+from bench.loss import plain_tcp
 from bench.netns import Host
 from faults.delayproxy import DelayProxy
 from faults.harness import MiB, TrackerView, Watch, peer_ids, run, shrink
@@ -60,28 +58,6 @@ def _completed(checks: list[Check]) -> str:
     return "completed, sha256 ok" if verdict(checks) == "pass" else "FAILED"
 
 
-def _raw_tcp_seconds(server: Host, client: Host, size: int) -> float:
-    """Seconds for one plain TCP stream of `size` bytes from `server` to `client` (bench-loss's own pair).
-
-    The sender keeps its socket until the client confirms every byte: a sender that closed early would leave an
-    orphaned socket whose retries the kernel gives up on silently under heavy loss, and the client would hang.
-    """
-    argv = [sys.executable, "-c", TCP_SERVER, str(size), str(TCP_PORT)]
-    serving = subprocess.Popen(server.argv(argv), stdout=subprocess.PIPE, text=True)
-    try:
-        assert serving.stdout is not None
-        if serving.stdout.readline().strip() != "listening":
-            raise RuntimeError("the raw TCP server did not start")
-        done = run(client.argv([sys.executable, "-c", TCP_CLIENT, server.ip, str(TCP_PORT), str(size)]), timeout=300)
-        received, seconds = done.stdout.split()
-        if int(received) != size:
-            raise RuntimeError(f"raw TCP stream cut short: {received} of {size} bytes")
-        return float(seconds)
-    finally:
-        serving.kill()
-        serving.wait(10)
-
-
 def _raw_tcp_rate(server: Host, client: Host, size: int) -> str:
     """Plain TCP's rate over the same link, for the report, from the first of two tries that completes.
 
@@ -90,11 +66,11 @@ def _raw_tcp_rate(server: Host, client: Host, size: int) -> str:
     """
     errors = []
     for _ in range(2):
-        try:
-            return f"{size / _raw_tcp_seconds(server, client, size) / 1e6:.2f} MB/s"
-        except (RuntimeError, subprocess.TimeoutExpired) as err:
-            logger.warning("plain TCP baseline failed: %s", err)
-            errors.append(str(err).strip().splitlines()[-1])
+        fetch = plain_tcp(server, client, size, LOSS, timeout=300)
+        if fetch.ok:
+            return f"{fetch.mbps:.2f} MB/s"
+        logger.warning("plain TCP baseline failed: %s", fetch.error)
+        errors.append(fetch.error.strip().splitlines()[-1])
     return f"failed twice ({'; '.join(errors)})"
 
 
